@@ -1,0 +1,105 @@
+"""`python -m isda_exp`: the Hydra entry point of one run (or of each job of a -m sweep)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from . import runfiles
+from .build import science_config
+from .errors import UserError
+
+log = logging.getLogger("isda_exp")
+
+
+def config_dir() -> str:
+    """configs/ ships inside the wheel (isda_exp/configs); an editable install uses the repo's."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parents[1] / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"isda_exp configs not found beside {here}; reinstall the package")
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        share_machine(cfg, hc)
+        return run(cfg, run_dir)["test_error_last10"]
+    except UserError as e:
+        if multirun:  # the sweep goes on with the other jobs and reports the failures at the end
+            runfiles.write_json(run_dir / runfiles.FAILED, {"error": str(e)})
+            log.error(f"error: {e}")
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:
+        runfiles.write_json(run_dir / runfiles.FAILED, {"error": f"{type(e).__name__}: {e}"})
+        raise
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Train the run in `run_dir`, resuming it, or report it when it has already finished."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_same_run(cfg, run_dir)
+    summary_path = run_dir / runfiles.SUMMARY
+    if summary_path.exists():
+        summary = runfiles.read_json(summary_path)
+        log.info(f"{run_dir} has already finished (test error, mean of last 10 epochs: "
+                 f"{summary['test_error_last10']:.2f}%); nothing to train")
+        return summary
+    from .trainer import Trainer  # imported here so --help and config errors stay fast
+
+    summary = Trainer(cfg, run_dir).fit()
+    log.info(f"finished {run_dir}: test error {summary['test_error_last10']:.2f}% "
+             f"(mean of the last {min(10, summary['epochs'])} epochs), final "
+             f"{summary['test_error_final']:.2f}%, best {summary['test_error_best']:.2f}%")
+    return summary
+
+
+def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
+    """A run directory holds one configuration: refuse to resume or skip a different one."""
+    path = run_dir / runfiles.CONFIG
+    current = science_config(cfg)
+    if not path.exists():
+        runfiles.write_json(path, current)
+        return
+    stored = runfiles.read_json(path)
+    diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _diff(stored, current)]
+    if diff:
+        raise UserError(f"{run_dir} holds a run with another configuration ({'; '.join(diff[:4])}); "
+                        "pass out_root=DIR (or hydra.run.dir=DIR) for a new run, or remove that directory")
+
+
+def _diff(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip("."), a, b
+
+
+def share_machine(cfg: DictConfig, hc) -> None:
+    """Under the joblib launcher, give each parallel job its share of cores and its own GPU."""
+    launcher = str(hc.launcher.get("_target_", ""))
+    if "joblib" not in launcher.lower():
+        return
+    n_jobs = int(hc.launcher.get("n_jobs", -1) or -1)
+    cores = os.cpu_count() or 1
+    n_jobs = cores if n_jobs < 1 else n_jobs
+    if cfg.trainer.threads is None:
+        torch.set_num_threads(max(1, cores // n_jobs))
+    if cfg.trainer.num_workers == "auto":
+        cfg.trainer.num_workers = max(1, cores // n_jobs - 1)
+    if torch.cuda.is_available() and str(cfg.device) in ("auto", "cuda"):
+        torch.cuda.set_device(hc.job.num % torch.cuda.device_count())

@@ -1,0 +1,93 @@
+"""`python -m isda_exp.plan experiment=table1 [overrides]`: the runs a sweep would launch and their cost.
+
+Nothing is trained. Each run's cost is counted from the zoo's measured forward FLOPs: training is
+about 3x forward (forward + backward) per image, plus one forward pass over the test set per epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from .build import run_length
+from .cli import config_dir
+from .runfiles import SUMMARY
+
+FULL_SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}
+
+
+def sweep_overrides(experiment_overrides: list[str]) -> list[list[str]]:
+    """Expand the experiment's hydra.sweeper.params and the command line's sweeps into jobs."""
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=experiment_overrides, return_hydra_config=True)
+    axes = {key: str(value) for key, value in (cfg.hydra.sweeper.params or {}).items()}
+    parser = OverridesParser.create()
+    fixed = []
+    for text in experiment_overrides:
+        ov = parser.parse_override(text)
+        if ov.is_sweep_override():
+            axes[ov.get_key_element()] = text.split("=", 1)[1]
+        else:
+            fixed.append(text)
+    lists = []
+    for key, value in axes.items():
+        ov = parser.parse_override(f"{key}={value}")
+        values = ov.sweep_string_iterator() if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        lists.append([f"{key}={v}" for v in values])
+    return [fixed + list(combo) for combo in itertools.product(*lists)]
+
+
+def job_cost(cfg) -> dict:
+    """Epochs, data sizes and forward/training FLOPs of one composed run."""
+    from .models import flops_per_image
+
+    epochs, _ = run_length(cfg)
+    n_train, n_test = FULL_SIZES.get(cfg.dataset.name, (cfg.dataset.get("train_size", 0),
+                                                        cfg.dataset.get("test_size", 0)))
+    n_train = cfg.dataset.train_subset or n_train
+    n_test = cfg.dataset.test_subset or n_test
+    flops = flops_per_image(cfg.model.net.name, cfg.dataset.num_classes)
+    return {"epochs": epochs, "train_images": n_train,
+            "pflops": (3 * n_train + n_test) * epochs * flops / 1e15}
+
+
+def plan(overrides: list[str], tflops: float) -> list[dict]:
+    rows = []
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for job in sweep_overrides(overrides):
+            cfg = compose("train", overrides=job)
+            run_dir = Path(cfg.out_root) / cfg.run_name
+            status = ("finished" if (run_dir / SUMMARY).exists()
+                      else "resume" if (run_dir / "last.pt").exists() else "new")
+            cost = job_cost(cfg)
+            rows.append({"run": str(run_dir), "status": status, **cost,
+                         "gpu_hours": cost["pflops"] * 1e15 / (tflops * 1e12) / 3600})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=table1 seed=0,1,2")
+    ap.add_argument("--tflops", type=float, default=60.0,
+                    help="sustained training throughput assumed per GPU, TFLOP/s (default 60: "
+                         "about what a CIFAR convnet sustains in bf16 on one H100; see docs/performance.md)")
+    args = ap.parse_args(argv)
+    rows = plan(args.overrides, args.tflops)
+    width = max(len(r["run"]) for r in rows)
+    print(f"{'run':<{width}}  {'status':<8} {'epochs':>6} {'images':>7} {'PFLOP':>9} {'GPU-h':>8}")
+    for r in rows:
+        print(f"{r['run']:<{width}}  {r['status']:<8} {r['epochs']:>6} {r['train_images']:>7} "
+              f"{r['pflops']:>9.2f} {r['gpu_hours']:>8.2f}")
+    todo = [r for r in rows if r["status"] != "finished"]
+    total = sum(r["pflops"] for r in todo)
+    print(f"{len(rows)} runs, {len(todo)} to train: {total:.1f} PFLOP, about "
+          f"{sum(r['gpu_hours'] for r in todo):.0f} GPU-hours at {args.tflops:g} TFLOP/s sustained")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: the repo paths, the offline CIFAR copy (skipped cleanly when absent), the CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def cifar_npz(tmp_path_factory, name: str) -> Path:
+    """The real data set unpacked once per test session from ../shared/data."""
+    script = SHARED_DATA / "unpack_cifar.py"
+    if not (SHARED_DATA / f"{name}.pack.npz").is_file():
+        pytest.skip(f"real {name} not available (no ../shared/data)")
+    out = tmp_path_factory.getbasetemp() / f"{name}.npz"
+    if not out.exists():
+        subprocess.run([sys.executable, str(script), name, str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cifar10_npz(tmp_path_factory) -> Path:
+    return cifar_npz(tmp_path_factory, "cifar10")
+
+
+def run_cli(*overrides: str, cwd: Path, timeout: float = 600, check: bool = True,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m isda_exp OVERRIDES...` in a subprocess, as a user would run it."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "isda_exp", *overrides], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"isda_exp failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
