@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-import math
+import os
 import signal
 import subprocess
 import sys
@@ -117,7 +117,8 @@ def test_subsets_are_seeded_and_stable():
 
 
 def train_in_process(tmp_path: Path, *overrides: str) -> list[dict]:
-    cfg = composed(*TINY, "trainer.epochs=2", "trainer.tensorboard=false", *overrides)
+    cfg = composed(*TINY, "dataset.train_size=128", "dataset.test_size=64", "trainer.epochs=2",
+                   "trainer.tensorboard=false", *overrides)
     run(cfg, tmp_path)
     return read_metrics(tmp_path)
 
@@ -202,6 +203,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_numbers(tmp_path):
     run_dir = tmp_path / "killed/synthetic/resnet32/baseline/isda/seed1"
     for delay in (0.0, 0.7):  # killed right after the first checkpoint, then somewhere later
         proc = subprocess.Popen([sys.executable, "-m", "isda_exp", *args, "out_root=killed"], cwd=tmp_path,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"},  # as run_cli: same threads
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         start_epoch = torch.load(run_dir / "last.pt", weights_only=False)["epoch"] if (run_dir / "last.pt").exists() else 0

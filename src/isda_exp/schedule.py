@@ -5,10 +5,13 @@ import math
 
 
 def scaled_milestones(milestones, recipe_epochs: int, epochs: int) -> list[int]:
-    """Milestones of a recipe moved proportionally when a run is shorter or longer than the recipe."""
+    """Milestones of a recipe moved proportionally when a run is shorter or longer than the recipe.
+
+    A milestone never lands on the first epoch, so even a 2-epoch run starts at the base LR.
+    """
     if epochs == recipe_epochs:
         return [int(m) for m in milestones]
-    return [max(1, round(m * epochs / recipe_epochs)) for m in milestones]
+    return [max(2, round(m * epochs / recipe_epochs)) for m in milestones]
 
 
 def lr_factor(epoch: int, epochs: int, schedule: str, milestones=(), gamma: float = 0.1) -> float:

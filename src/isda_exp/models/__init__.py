@@ -1,0 +1,11 @@
+"""Model zoo: CIFAR feature extractors; each forward returns pooled features [N, feature_dim].
+
+The classifier nn.Linear(feature_dim, num_classes) is built by the trainer (ISDA needs its weight),
+so `count_params` / `flops_per_image` add it to match the paper's figures.
+"""
+from . import densenet, resnet, resnext, shake_shake, wide_resnet  # noqa: F401  (register models)
+from ._registry import create_model, list_models, register_model
+from ._stats import count_params, flops_per_image, recipe_epochs, training_pflops
+
+__all__ = ["create_model", "list_models", "register_model", "count_params", "flops_per_image",
+           "recipe_epochs", "training_pflops"]

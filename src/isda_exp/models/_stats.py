@@ -1,0 +1,76 @@
+"""Size and cost figures of the zoo: parameters, forward FLOPs, full-recipe training cost."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ._registry import create_model, list_models
+
+TRAIN_IMAGES = 50_000  # CIFAR training set size
+
+
+def _with_classifier(name: str, num_classes: int) -> nn.Module:
+    """Feature extractor + the trainer's separate Linear head, as the paper counts them."""
+    net = create_model(name, num_classes)
+    return nn.Sequential(net, nn.Linear(net.feature_dim, num_classes))
+
+
+@functools.lru_cache(maxsize=None)
+def count_params(name: str, num_classes: int = 10) -> int:
+    """Trainable parameters including the classifier (feature_dim * C + C), as in the paper's Table 1."""
+    return sum(p.numel() for p in _with_classifier(name, num_classes).parameters())
+
+
+@functools.lru_cache(maxsize=None)
+def flops_per_image(name: str, num_classes: int = 10) -> int:
+    """Forward FLOPs of one 3x32x32 image in eval mode, classifier included.
+
+    FlopCounterMode counts convolutions and matmuls (a multiply-add is 2 FLOPs); BN, ReLU and
+    pooling are left out, as in the usual FLOP figures of these papers.
+    """
+    model = _with_classifier(name, num_classes).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, 32, 32))
+    return int(counter.get_total_flops())
+
+
+def _config_dirs() -> list[Path]:
+    """Where configs/model lives: inside the installed package, or at the top of the source tree."""
+    package = Path(__file__).resolve().parents[1]  # .../isda_exp
+    return [package / "configs" / "model", package.parents[1] / "configs" / "model"]
+
+
+def _model_config(name: str) -> Path:
+    """Path of configs/model/<name>.yaml; FileNotFoundError naming the places searched."""
+    dirs = _config_dirs()
+    for d in dirs:
+        if (d / f"{name}.yaml").is_file():
+            return d / f"{name}.yaml"
+    raise FileNotFoundError(f"no model config {name}.yaml in {', '.join(map(str, dirs))}")
+
+
+def recipe_epochs(name: str) -> int:
+    """Epochs of the model's training recipe, read from its config."""
+    from omegaconf import OmegaConf
+
+    return int(OmegaConf.load(_model_config(name)).recipe.epochs)
+
+
+def training_pflops(name: str, num_classes: int = 10) -> float:
+    """One full-recipe run: 3 x forward FLOPs (forward + backward) x 50,000 images x epochs, in PFLOPs."""
+    return 3 * flops_per_image(name, num_classes) * TRAIN_IMAGES * recipe_epochs(name) / 1e15
+
+
+def zoo_table(num_classes: int = 10) -> str:
+    """Plain-text table of every registered model's size and cost."""
+    rows = [f"{'model':<20}{'params':>12}{'feat dim':>10}{'GFLOPs/img':>12}{'epochs':>8}{'train PFLOPs':>14}"]
+    for name in list_models():
+        net = create_model(name, num_classes)
+        rows.append(f"{name:<20}{count_params(name, num_classes) / 1e6:>11.3f}M{net.feature_dim:>10}"
+                    f"{flops_per_image(name, num_classes) / 1e9:>12.3f}{recipe_epochs(name):>8}"
+                    f"{training_pflops(name, num_classes):>14.1f}")
+    return "\n".join(rows)

@@ -1,0 +1,114 @@
+"""Published test errors of the ISDA paper (NeurIPS 2019), as plain data.
+
+Source: Tables 1, 2 and 5 as collected in RECIPES.md (Shake-Shake rows of Table 1 come from the
+TPAMI version). Values are test error in percent, ``(mean, std)``; ``std`` is None where the paper
+gives a single number. Keys are ``(dataset, model, aug, method)`` with the registry's model names
+and the report's method labels ("baseline", "isda", "isda-<variant>").
+"""
+from __future__ import annotations
+
+DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "Synthetic"}
+DATASET_SHORT = {"cifar10": "C10", "cifar100": "C100", "synthetic": "Synth"}
+
+# Registry name -> the paper's name, in the paper's row order.
+MODEL_NAMES = {
+    "resnet32": "ResNet-32",
+    "resnet110": "ResNet-110",
+    "se_resnet110": "SE-ResNet-110",
+    "wrn16_8": "Wide-ResNet-16-8",
+    "wrn28_10": "Wide-ResNet-28-10",
+    "resnext29_8x64d": "ResNeXt-29, 8x64d",
+    "densenet_bc100_12": "DenseNet-BC-100-12",
+    "densenet_bc190_40": "DenseNet-BC-190-40",
+    "shake26_2x32d": "Shake-Shake 26 2x32d",
+    "shake26_2x112d": "Shake-Shake 26 2x112d",
+}
+
+AUG_NAMES = {"baseline": "standard", "cutout": "Cutout", "autoaugment": "AutoAugment"}
+
+# ISDA ablation variants of Table 5, in the paper's row order.
+VARIANTS = ("identity", "diagonal", "shared", "constant")
+VARIANT_NAMES = {
+    "identity": "Identity matrix",
+    "diagonal": "Diagonal matrix",
+    "shared": "Single covariance matrix",
+    "constant": "Constant lambda_0",
+}
+METHOD_ORDER = ("baseline", "isda") + tuple(f"isda-{v}" for v in VARIANTS)
+
+# Table 1 (aug = baseline): model -> (C10 base, C10 ISDA, C100 base, C100 ISDA).
+_TABLE1 = {
+    "resnet32": ((7.39, 0.10), (7.09, 0.12), (31.20, 0.41), (30.27, 0.34)),
+    "resnet110": ((6.76, 0.34), (6.33, 0.19), (28.67, 0.44), (27.57, 0.46)),
+    "se_resnet110": ((6.14, 0.17), (5.96, 0.21), (27.30, 0.03), (26.63, 0.21)),
+    "wrn16_8": ((4.25, 0.18), (4.04, 0.29), (20.24, 0.27), (19.91, 0.21)),
+    "wrn28_10": ((3.82, 0.15), (3.58, 0.15), (18.53, 0.07), (17.98, 0.15)),
+    "resnext29_8x64d": ((3.86, 0.14), (3.67, 0.12), (18.16, 0.13), (17.43, 0.25)),
+    "densenet_bc100_12": ((4.90, 0.08), (4.54, 0.07), (22.61, 0.10), (22.10, 0.34)),
+    "densenet_bc190_40": ((3.52, None), (3.24, None), (17.74, None), (17.42, None)),
+    "shake26_2x32d": ((3.45, None), (3.20, None), (20.12, None), (19.45, None)),
+    "shake26_2x112d": ((2.92, None), (2.61, None), (17.42, None), (16.73, None)),
+}
+
+# Table 2: (dataset, model) -> (Cutout, Cutout + ISDA, AA, AA + ISDA).
+_TABLE2 = {
+    ("cifar10", "wrn28_10"): ((2.99, 0.06), (2.83, 0.04), (2.65, 0.07), (2.56, 0.01)),
+    ("cifar10", "shake26_2x32d"): ((3.16, 0.09), (2.93, 0.03), (2.89, 0.09), (2.68, 0.12)),
+    ("cifar10", "shake26_2x112d"): ((2.36, None), (2.25, None), (2.01, None), (1.82, None)),
+    ("cifar100", "wrn28_10"): ((18.05, 0.25), (17.02, 0.11), (16.60, 0.40), (15.62, 0.32)),
+    ("cifar100", "shake26_2x32d"): ((18.92, 0.21), (18.17, 0.08), (17.50, 0.19), (17.21, 0.33)),
+    ("cifar100", "shake26_2x112d"): ((17.34, 0.28), (16.24, 0.20), (15.21, 0.20), (13.87, 0.26)),
+}
+
+# Table 5 (ablation, Wide-ResNet-28-10, standard aug): variant -> (C10, C100). The "Basic" and
+# "ISDA" rows are Table 1's cells and are taken from there.
+_TABLE5 = {
+    "identity": ((3.63, 0.12), (18.53, 0.02)),
+    "diagonal": ((3.70, 0.15), (18.23, 0.02)),
+    "shared": ((3.67, 0.07), (18.29, 0.13)),
+    "constant": ((3.69, 0.08), (18.33, 0.16)),
+}
+
+
+def _build() -> dict[tuple[str, str, str, str], tuple[float, float | None]]:
+    table: dict[tuple[str, str, str, str], tuple[float, float | None]] = {}
+    for model, (c10b, c10i, c100b, c100i) in _TABLE1.items():
+        table[("cifar10", model, "baseline", "baseline")] = c10b
+        table[("cifar10", model, "baseline", "isda")] = c10i
+        table[("cifar100", model, "baseline", "baseline")] = c100b
+        table[("cifar100", model, "baseline", "isda")] = c100i
+    for (dataset, model), (cut, cut_isda, aa, aa_isda) in _TABLE2.items():
+        table[(dataset, model, "cutout", "baseline")] = cut
+        table[(dataset, model, "cutout", "isda")] = cut_isda
+        table[(dataset, model, "autoaugment", "baseline")] = aa
+        table[(dataset, model, "autoaugment", "isda")] = aa_isda
+    for variant, (c10, c100) in _TABLE5.items():
+        table[("cifar10", "wrn28_10", "baseline", f"isda-{variant}")] = c10
+        table[("cifar100", "wrn28_10", "baseline", f"isda-{variant}")] = c100
+    return table
+
+
+PAPER = _build()
+TABLE1_MODELS = tuple(_TABLE1)
+TABLE2_MODELS = ("wrn28_10", "shake26_2x32d", "shake26_2x112d")
+
+
+def method_label(method: str, variant: str | None = None) -> str:
+    """One label per method/variant pair: plain ISDA is "isda" whether variant is None or "full"."""
+    if method != "isda" or variant in (None, "full"):
+        return method
+    return f"isda-{variant}"
+
+
+def paper_number(dataset: str, model: str, aug: str, method: str) -> tuple[float, float | None] | None:
+    """The published (mean, std) for a cell, or None where the paper has no such cell."""
+    return PAPER.get((dataset, model, aug, method))
+
+
+def model_name(model: str) -> str:
+    """The paper's display name, falling back to the registry name for models outside it."""
+    return MODEL_NAMES.get(model, model)
+
+
+def dataset_name(dataset: str) -> str:
+    return DATASET_NAMES.get(dataset, dataset)
