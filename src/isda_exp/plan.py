@@ -21,17 +21,21 @@ FULL_SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}
 
 
 def sweep_overrides(experiment_overrides: list[str]) -> list[list[str]]:
-    """Expand the experiment's hydra.sweeper.params and the command line's sweeps into jobs."""
-    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        cfg = compose("train", overrides=experiment_overrides, return_hydra_config=True)
-    axes = {key: str(value) for key, value in (cfg.hydra.sweeper.params or {}).items()}
+    """Expand the experiment's hydra.sweeper.params and the command line's sweeps into jobs.
+
+    Call inside an initialized Hydra (initialize_config_dir). Command-line sweeps win, as in -m.
+    """
     parser = OverridesParser.create()
+    plain = [t for t in experiment_overrides if not parser.parse_override(t).is_sweep_override()]
+    cfg = compose("train", overrides=plain, return_hydra_config=True)
+    axes = {key: str(value) for key, value in (cfg.hydra.sweeper.params or {}).items()}
     fixed = []
     for text in experiment_overrides:
         ov = parser.parse_override(text)
         if ov.is_sweep_override():
             axes[ov.get_key_element()] = text.split("=", 1)[1]
-        else:
+        else:  # a plain value on the command line replaces the experiment's sweep of that key
+            axes.pop(ov.get_key_element(), None)
             fixed.append(text)
     lists = []
     for key, value in axes.items():

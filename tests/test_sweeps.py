@@ -1,0 +1,109 @@
+"""Sweeps: multirun directories, skip/resume on a second pass, failures isolated, joblib, the plan."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, run_cli
+from isda_exp import plan
+from isda_exp.models import flops_per_image
+
+TINY = ["dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "trainer.batch_size=64",
+        "trainer.progress=false", "trainer.tensorboard=false"]
+
+
+def summaries(root: Path) -> dict[str, dict]:
+    return {str(p.parent.relative_to(root)): json.loads(p.read_text()) for p in root.rglob("summary.json")}
+
+
+def test_sweep_dirs_name_the_run_and_a_second_pass_skips_and_resumes(tmp_path):
+    args = ["-m", *TINY, "trainer.epochs=2", "seed=0,1", "isda=off,on", "out_root=sweep"]
+    run_cli(*args, cwd=tmp_path)
+    done = summaries(tmp_path / "sweep")
+    assert sorted(done) == [f"synthetic/resnet32/baseline/{m}/seed{s}" for m in ("baseline", "isda") for s in (0, 1)]
+    assert {(d["method"], d["seed"]) for d in done.values()} == {(m, s) for m in ("baseline", "isda") for s in (0, 1)}
+
+    # interrupt one run: back to its state after epoch 1 (as if killed then), then sweep again
+    run_dir = tmp_path / "sweep/synthetic/resnet32/baseline/isda/seed1"
+    final = (run_dir / "metrics.jsonl").read_text().splitlines()
+    straight_ckpt = torch.load(run_dir / "last.pt", weights_only=False)
+    (run_dir / "summary.json").unlink()
+    killed = subprocess.Popen([sys.executable, "-m", "isda_exp", *TINY, "trainer.epochs=2", "seed=1", "isda=on",
+                               "out_root=sweep2"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt2 = tmp_path / "sweep2/synthetic/resnet32/baseline/isda/seed1/last.pt"
+    deadline = time.time() + 300
+    while not ckpt2.exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    state = torch.load(ckpt2, weights_only=False)
+    assert state["epoch"] == 1
+    for name in ("last.pt", "metrics.jsonl"):
+        shutil.copy(ckpt2.parent / name, run_dir / name)
+
+    before = {k: v for k, v in summaries(tmp_path / "sweep").items()}
+    proc = run_cli(*args, cwd=tmp_path)
+    assert proc.stdout.count("already finished") == 3
+    assert proc.stdout.count("resuming") == 1
+    after = summaries(tmp_path / "sweep")
+    assert all(after[k] == v for k, v in before.items())  # finished runs untouched
+    resumed = (run_dir / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items() if k != "seconds"} for r in rows]
+    assert strip(resumed) == strip(final)
+    assert straight_ckpt["epoch"] == 2
+
+
+def test_one_failed_run_does_not_stop_the_others(tmp_path):
+    subprocess.run([sys.executable, str(ROOT / "scripts/synthetic_npz.py"), str(tmp_path / "cifar10.npz"),
+                    "--train", "128", "--test", "64"], check=True)
+    # cifar100.npz is missing: that job fails, the cifar10 job must still run and finish
+    proc = run_cli("-m", "dataset=cifar100,cifar10", "dataset.npz=${dataset.name}.npz", "trainer.epochs=1",
+                   "trainer.batch_size=64", "trainer.progress=false", "out_root=sweep", cwd=tmp_path, check=False)
+    assert proc.returncode != 0  # the sweep reports the failure at the end
+    done = summaries(tmp_path / "sweep")
+    assert list(done) == ["cifar10/resnet32/baseline/isda/seed0"]
+    failed = json.loads((tmp_path / "sweep/cifar100/resnet32/baseline/isda/seed0/failed.json").read_text())
+    assert "cifar100.npz" in failed["error"] and "not found" in failed["error"]
+    report = subprocess.run([sys.executable, "-m", "isda_exp.report", "sweep"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert "failed" in report.stdout.lower() and "cifar100.npz" in report.stdout
+
+
+@pytest.mark.slow
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    proc = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "trainer.epochs=1",
+                   "seed=0,1", "out_root=par", cwd=tmp_path)
+    done = summaries(tmp_path / "par")
+    assert sorted(d["seed"] for d in done.values()) == [0, 1]
+    assert "Joblib" in proc.stdout + proc.stderr
+    # one thread set per job: 2 jobs share this machine's cores
+    cores = os.cpu_count()
+    assert all(d["threads"] == max(1, cores // 2) for d in done.values())
+
+
+def test_plan_lists_runs_and_costs_from_the_zoo(tmp_path):
+    from hydra import initialize_config_dir
+    from isda_exp.cli import config_dir
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        jobs = plan.sweep_overrides(["experiment=table1", "model=resnet32,resnet110", f"out_root={tmp_path}"])
+    assert len(jobs) == 2 * 2 * 2 * 3  # models x datasets x methods x seeds
+    rows = plan.plan(["experiment=table1", "model=resnet32", "seed=0", f"out_root={tmp_path}"], tflops=60)
+    assert len(rows) == 4 and all(r["status"] == "new" for r in rows)
+    expected = (3 * 50000 + 10000) * 160 * flops_per_image("resnet32", 10) / 1e15
+    c10 = [r for r in rows if "/cifar10/" in r["run"]]
+    assert c10[0]["pflops"] == pytest.approx(expected)
+    assert c10[0]["gpu_hours"] == pytest.approx(expected * 1e15 / 60e12 / 3600)
+    table2 = plan.plan(["experiment=table2", "seed=0", f"out_root={tmp_path}"], tflops=60)
+    assert {r["run"].split("/")[-3] for r in table2} == {"cutout", "autoaugment"}
+    assert len(table2) == 3 * 2 * 2 * 2
