@@ -28,9 +28,9 @@ from typing import Callable, Iterable
 
 from isda_exp import paper
 from isda_exp.errors import UserError
+from isda_exp.runfiles import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY, atomic_write
 
-RUN_MARKERS = frozenset({"summary.json", "failed.json", "metrics.jsonl", "last.pt",
-                         "run_config.json"})
+RUN_MARKERS = frozenset({SUMMARY, FAILED, METRICS, CHECKPOINT, CONFIG})
 REQUIRED_FIELDS = ("test_error_last10", "dataset", "model", "aug", "method")
 CSV_COLUMNS = ("dataset", "model", "aug", "method", "seeds", "error_mean", "error_std",
                "paper_mean", "paper_std")
@@ -124,23 +124,23 @@ def load_runs(root: str | os.PathLike) -> list[Run]:
 
 
 def _read_run(path: Path, names: set[str]) -> Run:
-    last = _last_epoch(path / "metrics.jsonl") if "metrics.jsonl" in names else None
+    last = _last_epoch(path / METRICS) if METRICS in names else None
     config = None
-    if "run_config.json" in names:
+    if CONFIG in names:
         with contextlib.suppress(OSError, ValueError):
-            config = _read_json(path / "run_config.json")
+            config = _read_json(path / CONFIG)
     key = _config_key(config) or _path_key(path)
-    if "summary.json" in names:
+    if SUMMARY in names:
         try:
-            summary = _read_json(path / "summary.json")
+            summary = _read_json(path / SUMMARY)
             key = _summary_key(summary)
         except (OSError, ValueError) as exc:
             return Run(path, "failed", last_epoch=last, key=key, config=config,
                        error=f"unreadable summary.json: {exc}")
         return Run(path, "finished", summary, key, last_epoch=summary.get("epochs", last))
-    if "failed.json" in names:
+    if FAILED in names:
         try:
-            info = _read_json(path / "failed.json")
+            info = _read_json(path / FAILED)
             error = str(info.get("error", "no error message in failed.json"))
         except (OSError, ValueError) as exc:
             error = f"unreadable failed.json: {exc}"
@@ -577,7 +577,7 @@ def curve_data(runs: Iterable[Run]) -> list[Curve]:
     for run in runs:
         if run.status == "failed" or run.key is None:
             continue
-        metrics = read_metrics(run.path / "metrics.jsonl")
+        metrics = read_metrics(run.path / METRICS)
         if metrics:
             per_group[run.key].append((run, metrics))
     curves = []
@@ -645,24 +645,6 @@ def _draw_panel(ax, panel: tuple[str, str, str], curves: list[Curve]) -> None:
 
 
 # ------------------------------------------------------------------------------------ output
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> None:
-    """Write through a temp file in the same folder and rename, so no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def build_report(root: str | os.PathLike, fmt: str = "md", table: int | None = None,

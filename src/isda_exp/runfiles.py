@@ -8,25 +8,34 @@ tb/            TensorBoard scalars
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import tempfile
 from pathlib import Path
-
-import torch
+from typing import Callable
 
 METRICS, SUMMARY, FAILED, CHECKPOINT, CONFIG = (
     "metrics.jsonl", "summary.json", "failed.json", "last.pt", "run_config.json")
 
 
-def atomic_write(path: Path, write) -> None:
-    """write(fileobj) into a temp file beside `path`, fsync, then rename: never a half-written file."""
+def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> None:
+    """Write through a temp file in the same folder and rename, so no reader sees half a file."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json(path: Path, obj) -> None:
@@ -39,10 +48,14 @@ def read_json(path: Path):
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    import torch  # here, so that reading run files (the report) does not import torch
+
     atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
