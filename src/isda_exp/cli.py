@@ -68,10 +68,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
-    """A run directory holds one configuration: refuse to resume or skip a different one."""
+    """A run directory holds one configuration: refuse to resume or skip a different one.
+
+    Only a run that has trained (a checkpoint or a summary) binds its directory, so a command
+    that failed before training can be corrected and run again in place.
+    """
     path = run_dir / runfiles.CONFIG
     current = science_config(cfg)
-    if not path.exists():
+    started = (run_dir / runfiles.CHECKPOINT).exists() or (run_dir / runfiles.SUMMARY).exists()
+    if not (started and path.exists()):
         runfiles.write_json(path, current)
         return
     stored = runfiles.read_json(path)

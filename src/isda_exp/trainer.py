@@ -45,6 +45,8 @@ class Trainer:
         t = cfg.trainer
         if t.precision not in PRECISIONS:
             raise UserError(f"trainer.precision={t.precision} is unknown: use fp32, bf16 or fp16")
+        if int(t.eval_batch_size) < 1:
+            raise UserError(f"trainer.eval_batch_size={t.eval_batch_size} must be >= 1 (e.g. 1024)")
         if t.threads:
             torch.set_num_threads(int(t.threads))
         self.device = resolve_device(str(cfg.device))
@@ -61,7 +63,8 @@ class Trainer:
             self.criterion.to(self.device)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        self.forward = self._compiled(self.net) if t.compile else self.net
+        self.compiled = self._compiled(self.net) if t.compile else None
+        self.proven_shapes: set[tuple] = set()  # batch shapes whose compiled step has run
         params = list(self.net.parameters()) + list(self.fc.parameters())
         self.optimizer, self.scheduler = build_optimizer(cfg, params, self.epochs)
         self.amp_dtype = PRECISIONS[t.precision]
@@ -77,9 +80,29 @@ class Trainer:
     def _compiled(self, net):
         try:
             return torch.compile(net)
-        except Exception as e:  # no compiler toolchain, unsupported platform, ...
+        except Exception as e:  # unsupported platform or Python version, ...
             warnings.warn(f"torch.compile unavailable ({e}); training uncompiled")
-            return net
+            return None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's features: compiled when trainer.compile=true and compiling works.
+
+        torch.compile compiles lazily, at the first call of each new shape or mode, so a missing
+        compiler shows up here: warn once and go on with the eager model.
+        """
+        if self.compiled is None:
+            return self.net(x)
+        try:
+            return self.compiled(x)
+        except Exception as e:  # compilation failed: the compiled graph has not run
+            self._uncompile(e)
+            return self.net(x)
+
+    def _uncompile(self, error: Exception) -> None:
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        warnings.warn(f"torch.compile failed ({type(error).__name__}: {first}); "
+                      "falling back to the uncompiled model")
+        self.compiled = None
 
     # ------------------------------------------------------------ steps
 
@@ -102,22 +125,62 @@ class Trainer:
         bar = tqdm(self.stream.epoch(epoch), total=len(self.stream), leave=False,
                    desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.cfg.trainer.progress)
         for x, y in bar:
-            with self._autocast():
-                features = self.forward(self._inputs(x))
-                if self.criterion is None:
-                    logits = self.fc(features)
-                    loss = F.cross_entropy(logits, y)
-                else:
-                    loss, logits = self.criterion(features, self.fc, y, ratio)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            loss_sum += loss.detach().double() * len(y)
-            wrong += (logits.detach().argmax(1) != y).sum()
+            loss, logits = self.train_step(x, y, ratio)
+            loss_sum += loss.double() * len(y)
+            wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
         return {"train_loss": loss_sum.item() / seen, "train_error": 100.0 * wrong.item() / seen,
                 "lambda": ratio}
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, ratio: float):
+        """One SGD step on a batch of augmented uint8 images; returns the detached (loss, logits).
+
+        The backward pass of a compiled model is compiled at its first run, so the first step of
+        each new batch shape is guarded: if it fails, its side effects (BatchNorm and ISDA
+        statistics, RNG) are undone and the step is redone with the eager model.
+        """
+        shape = tuple(x.shape)
+        if self.compiled is None or shape in self.proven_shapes:
+            return self._step(x, y, ratio)
+        saved = self._snapshot()
+        try:
+            out = self._step(x, y, ratio)
+        except Exception as e:
+            if self.compiled is None:  # the forward already fell back: not a compile error
+                raise
+            self._restore(saved)
+            self._uncompile(e)
+            return self._step(x, y, ratio)
+        self.proven_shapes.add(shape)
+        return out
+
+    def _step(self, x, y, ratio):
+        with self._autocast():
+            features = self.forward(self._inputs(x))
+            if self.criterion is None:
+                logits = self.fc(features)
+                loss = F.cross_entropy(logits, y)
+            else:
+                loss, logits = self.criterion(features, self.fc, y, ratio)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), logits.detach()
+
+    def _snapshot(self) -> dict:
+        """What a failed first step may have changed before its backward pass."""
+        return {"net": {k: v.clone() for k, v in self.net.state_dict().items()},
+                "isda": None if self.criterion is None else
+                {k: v.clone() for k, v in self.criterion.state_dict().items()},
+                "rng": rng_states()}
+
+    def _restore(self, saved: dict) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.net.load_state_dict(saved["net"])
+        if self.criterion is not None:
+            self.criterion.load_state_dict(saved["isda"])
+        set_rng_states(saved["rng"])
 
     @torch.inference_mode()
     def evaluate(self) -> dict:
@@ -206,6 +269,7 @@ class Trainer:
             "variant": None if self.criterion is None else variant_name(cfg.isda),
             "lambda_0": float(cfg.isda.lambda_0), "train_size": len(self.data.y_train),
             "test_size": len(self.y_test), "precision": cfg.trainer.precision,
+            "threads": torch.get_num_threads(),
             "wall_time": wall, "torch_version": torch.__version__, "device": device_name(self.device),
         }
 
