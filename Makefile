@@ -48,12 +48,12 @@ table1:  ## Table 1: every model x CIFAR-10/100 x baseline/ISDA x 3 seeds (full 
 table2:  ## Table 2: WRN-28-10 / Shake-Shake with Cutout and AutoAugment, baseline/ISDA x 3 seeds
 	$(call sweep_then_report,2,$(OUT)/table2,$(ARGS))
 
-# Smoke tables: every cell in miniature on the CPU (1 epoch, 64-image train/test subsets, 2 seeds),
+# Smoke tables: every cell in miniature on the CPU (1 epoch, 32-image train/test subsets, 2 seeds),
 # the same code path end to end. Synthetic stand-in arrays unless DATA=DIR holds cifar10.npz and
 # cifar100.npz (e.g. written by ../shared/data/unpack_cifar.py). MODELS=a,b limits the models.
 DATA ?=
 SMOKE_SEEDS ?= 0,1
-SMOKE_SUBSET ?= 64
+SMOKE_SUBSET ?= 32
 SMOKE_SOURCE := $(if $(DATA),real,synthetic)
 SMOKE_DATA := $(if $(DATA),$(abspath $(DATA)),$(OUT)/smoke/synthetic-data)
 SMOKE_ARGS = seed=$(SMOKE_SEEDS) trainer.epochs=1 dataset.train_subset=$(SMOKE_SUBSET) \
