@@ -72,7 +72,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     Every value is checked first; then the run directory is locked for the whole run.
     """
     check_config(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir), preempt.catch_signals():
         runfiles.remove_stray_temps(run_dir)
         return _run_locked(cfg, run_dir)

@@ -25,6 +25,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 
 from .errors import UserError
+from .runfiles import disk_errors
 
 LOCK = ".lock"
 SWEEP_ENV = "ISDA_EXP_SWEEP_ID"
@@ -55,8 +56,9 @@ class RunLock:
         self.fd: int | None = None
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        with disk_errors(self.path):  # a read-only output directory: one line
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:

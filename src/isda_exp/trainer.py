@@ -181,9 +181,11 @@ class Trainer:
         t = self.cfg.trainer
         kept = "the last good checkpoint last.pt is kept" if (self.run_dir / runfiles.CHECKPOINT).exists() \
             else "no checkpoint was written"
+        advice = f"a lower model.recipe.lr (now {self.cfg.model.recipe.lr})"
+        if self.criterion is not None:
+            advice += f" or isda.lambda_0 (now {self.cfg.isda.lambda_0})"
         msg = (f"training diverged in epoch {epoch + 1}/{self.epochs} at step {step}/{len(self.stream)} "
-               f"({what}); {kept}. Try a lower model.recipe.lr (now {self.cfg.model.recipe.lr}) or "
-               f"isda.lambda_0 (now {self.cfg.isda.lambda_0}), in a new out_root=DIR")
+               f"({what}); {kept}. Try {advice}, in a new out_root=DIR")
         runfiles.write_json(self.run_dir / runfiles.FAILED, {
             "error": msg, "reason": "diverged", "epoch": epoch + 1, "step": step, "what": what,
             "precision": t.precision})
@@ -342,7 +344,8 @@ class Trainer:
                          f"err {row['train_error']:.2f}%  test loss {row['test_loss']:.4f} "
                          f"err {row['test_error']:.2f}%  lr {row['lr']:.4g}  lambda "
                          f"{row['lambda']:.3f}  {row['seconds']:.1f}s")
-                self._stop_if_requested(f"after epoch {epoch + 1}/{self.epochs}")
+                if epoch + 1 < self.epochs:  # after the last epoch: finish (the summary is quick)
+                    self._stop_if_requested(f"after epoch {epoch + 1}/{self.epochs}")
         finally:
             metrics.close()
         summary = self.summary(history, wall)
