@@ -45,8 +45,8 @@ def build_criterion(cfg: DictConfig, feature_dim: int, num_classes: int):
 def run_length(cfg: DictConfig) -> tuple[int, int]:
     """(epochs, batch size): the trainer's overrides, else the model's recipe."""
     recipe = cfg.model.recipe
-    epochs = int(cfg.trainer.epochs or recipe.epochs)
-    batch_size = int(cfg.trainer.batch_size or recipe.batch_size)
+    epochs = int(recipe.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs)  # 0 is an error
+    batch_size = int(recipe.batch_size if cfg.trainer.batch_size is None else cfg.trainer.batch_size)
     if epochs < 1 or batch_size < 1:
         raise UserError(f"trainer.epochs={epochs} and trainer.batch_size={batch_size} must be >= 1")
     return epochs, batch_size

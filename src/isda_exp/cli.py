@@ -1,6 +1,7 @@
 """`python -m isda_exp`: the Hydra entry point of one run (or of each job of a -m sweep)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -12,9 +13,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import runfiles
+from . import preempt, runfiles
 from .build import science_config
 from .errors import UserError
+from .runlock import RunLock, RunLocked, record_elsewhere
+from .validate import check_config
 
 log = logging.getLogger("isda_exp")
 
@@ -36,21 +39,45 @@ def main(cfg: DictConfig) -> float | None:
     try:
         share_machine(cfg, hc)
         return run(cfg, run_dir)["test_error_last10"]
+    except preempt.Preempted as e:  # checkpoint written and logged: hand the signal on
+        preempt.redeliver(e.signum)
+    except KeyboardInterrupt:  # a second Ctrl-C while pausing
+        print("error: interrupted; the run resumes from its last checkpoint", file=sys.stderr)
+        sys.exit(130)
+    except RunLocked as e:
+        if multirun:  # not a failure of the sweep: listed at its end
+            record_elsewhere(Path(hc.sweep.dir), e)
+            log.warning(f"running elsewhere: {e}")
+            return None
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     except UserError as e:
         if multirun:  # the sweep goes on with the other jobs and reports the failures at the end
-            runfiles.write_json(run_dir / runfiles.FAILED, {"error": str(e)})
+            if not getattr(e, "recorded", False):
+                with contextlib.suppress(OSError, UserError):  # e.g. the disk is full
+                    runfiles.write_json(run_dir / runfiles.FAILED, {"error": str(e)})
             log.error(f"error: {e}")
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
-        runfiles.write_json(run_dir / runfiles.FAILED, {"error": f"{type(e).__name__}: {e}"})
+        with contextlib.suppress(OSError, UserError):
+            runfiles.write_json(run_dir / runfiles.FAILED, {"error": f"{type(e).__name__}: {e}"})
         raise
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Train the run in `run_dir`, resuming it, or report it when it has already finished."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Train the run in `run_dir`, resuming it, or report it when it has already finished.
+
+    Every value is checked first; then the run directory is locked for the whole run.
+    """
+    check_config(cfg)
+    with RunLock(run_dir), preempt.catch_signals():
+        runfiles.remove_stray_temps(run_dir)
+        return _run_locked(cfg, run_dir)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path) -> dict:
     check_same_run(cfg, run_dir)
     summary_path = run_dir / runfiles.SUMMARY
     if summary_path.exists():

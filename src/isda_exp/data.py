@@ -2,7 +2,8 @@
 
 Images stay uint8 NCHW until the batch is on the training device, so the whole CIFAR training set
 (150 MB) can live on the GPU and augmentation runs batched there. All randomness of an epoch
-(order, crops, flips, holes) derives from (seed, epoch): a resumed run replays exactly.
+(order, crops, flips, holes) derives from (seed, epoch, batch): a run resumed at any batch replays
+exactly.
 """
 from __future__ import annotations
 
@@ -170,14 +171,15 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     """Yields batches of (epoch, index) keys, so worker-side randomness is keyed per image."""
 
     def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, 0
+        self.n, self.batch_size, self.seed, self.epoch, self.start_batch = n, batch_size, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The epoch to serve, from batch `start_batch` on (a run resumed mid-epoch)."""
+        self.epoch, self.start_batch = epoch, start_batch
 
     def __iter__(self):
         order = epoch_order(self.n, self.seed, self.epoch).tolist()
-        for i in range(0, self.n, self.batch_size):
+        for i in range(self.start_batch * self.batch_size, self.n, self.batch_size):
             yield [(self.epoch, j) for j in order[i:i + self.batch_size]]
 
     def __len__(self):
@@ -212,17 +214,22 @@ class TrainStream:
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
 
-    def epoch(self, epoch: int):
-        """Yields (uint8 images, labels) on the device."""
+    def epoch(self, epoch: int, start_batch: int = 0):
+        """Yields (uint8 images, labels) on the device, from batch `start_batch` on.
+
+        Each batch's augmentation draws from a generator seeded by (seed, epoch, batch), so batch
+        k is the same whether or not batches 0..k-1 were drawn in this process.
+        """
         if self.loader is not None:
-            self.sampler.set_epoch(epoch)
+            self.sampler.set_epoch(epoch, start_batch)
             for x, y in self.loader:
                 yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             return
         order = epoch_order(self.n, self.seed, epoch).to(self.device)
-        gen = torch.Generator(device=self.device).manual_seed(mix_seed(self.seed, epoch, 2))
-        for i in range(0, self.n, self.batch_size):
-            idx = order[i:i + self.batch_size]
+        gen = torch.Generator(device=self.device)
+        for b in range(start_batch, len(self)):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            gen.manual_seed(mix_seed(self.seed, epoch, 2, b))
             yield self.augment(self.x[idx], gen), self.y[idx]
 
 

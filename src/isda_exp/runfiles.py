@@ -3,43 +3,82 @@
 metrics.jsonl  one JSON object per finished epoch
 summary.json   written once when the run has finished
 failed.json    written when a run stopped on an error (removed when it is started again)
-last.pt        the checkpoint, replaced atomically after every epoch
+last.pt        the checkpoint, replaced atomically after every epoch (and on preemption, mid-epoch)
+last.prev.pt   the checkpoint before it: the fallback when last.pt does not load
+.lock          held (flock) by the process training the run; says who that is
 tb/            TensorBoard scalars
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
+import logging
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+from .errors import UserError
+
 METRICS, SUMMARY, FAILED, CHECKPOINT, CONFIG = (
     "metrics.jsonl", "summary.json", "failed.json", "last.pt", "run_config.json")
+PREVIOUS = "last.prev.pt"
+CHECKPOINT_KEYS = ("epoch", "history", "wall_time", "model", "classifier", "optimizer", "scheduler",
+                   "scaler", "rng")
+DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EROFS: "read-only file system", errno.EFBIG: "file size limit exceeded"}
+log = logging.getLogger("isda_exp")
+
+
+@contextlib.contextmanager
+def disk_errors(path):
+    """A full disk, a quota or a read-only mount is one line naming the file, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        raise UserError(f"{DISK_ERRORS[e.errno]} while writing {path}; free space (or pass "
+                        "out_root=DIR on another disk) and run the same command again: the run "
+                        "resumes from its last checkpoint") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> None:
     """Write through a temp file in the same folder and rename, so no reader sees half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+
+def finite(obj):
+    """obj with every non-finite float as None: JSON files never hold bare NaN or Infinity."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(finite(obj), indent=2, allow_nan=False) + "\n").encode()))
 
 
 def read_json(path: Path):
@@ -48,15 +87,95 @@ def read_json(path: Path):
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
+    """Replace `path` atomically, keeping the checkpoint it replaces as last.prev.pt.
+
+    The state is serialised in memory first: torch.save into a file hides the errno of a failed
+    write (a full disk would read "unexpected pos"). The previous file is hard-linked, so a
+    last.pt exists at every instant; the directory is fsynced so the renames survive a crash.
+    """
     import torch  # here, so that reading run files (the report) does not import torch
 
-    atomic_write(path, lambda f: torch.save(state, f))
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    with disk_errors(path):
+        if path.exists():
+            link = path.with_name(f".{PREVIOUS}.link.tmp")
+            link.unlink(missing_ok=True)
+            try:
+                os.link(path, link)
+            except OSError as e:
+                if e.errno in DISK_ERRORS:
+                    raise
+                shutil.copyfile(path, link)  # a file system without hard links
+            os.replace(link, path.with_name(PREVIOUS))
+    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_checkpoint(path: Path) -> dict:
+    """A checkpoint as data: tensors and plain Python values only, never code (weights_only)."""
     import torch
 
-    return torch.load(path, map_location="cpu", weights_only=False)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise ValueError("not an isda-exp checkpoint (fields missing)")
+    return ckpt
+
+
+def why_unloadable(path: Path, error: Exception) -> str:
+    """One line on why a checkpoint did not load."""
+    text = str(error).strip()
+    if "Weights only load failed" in text or "Unsupported global" in text or \
+            type(error).__name__ == "UnpicklingError":
+        return "it holds objects other than tensors and plain values (code?), refused"
+    if isinstance(error, FileNotFoundError):
+        return "it does not exist"
+    first = text.splitlines()[0] if text else type(error).__name__
+    return f"{type(error).__name__}: {first[:200]}"
+
+
+def load_latest(run_dir: Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint that loads (last.pt, else last.prev.pt), or None for a fresh run.
+
+    A last.pt that does not load falls back to last.prev.pt with a warning naming both; if
+    neither loads, one UserError naming the files and the fix (nothing is deleted).
+    """
+    paths = [run_dir / CHECKPOINT, run_dir / PREVIOUS]
+    present = [p for p in paths if p.exists()]
+    if not present:
+        return None
+    failures = []
+    for path in present:
+        try:
+            ckpt = load_checkpoint(path)
+        except Exception as e:  # truncated, garbage, crafted: all mean "not usable"
+            failures.append(f"{path} ({why_unloadable(path, e)})")
+            continue
+        if failures:
+            log.warning(f"warning: cannot load {failures[0]}; resuming from the previous checkpoint "
+                        f"{path} instead")
+        return ckpt, path
+    names = " and ".join(p.name for p in present)
+    raise UserError(f"cannot load the checkpoint {' nor '.join(failures)}; restore it from a backup, "
+                    f"or move {names} out of {run_dir} to train the run again from epoch 0")
+
+
+def remove_stray_temps(run_dir: Path) -> list[Path]:
+    """Temp files of a save that was killed (.last.pt.*.tmp, ...): only the lock holder calls this."""
+    stray = [p for p in run_dir.glob(".*.tmp") if p.is_file()]
+    for p in stray:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stray
 
 
 class MetricsLog:
@@ -65,7 +184,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, history: list[dict], tensorboard: bool):
         self.path = run_dir / METRICS
         # the checkpoint's history is the truth: drop lines of an epoch that was not checkpointed
-        atomic_write(self.path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in history).encode()))
+        atomic_write(self.path, lambda f: f.write("".join(_line(r) for r in history).encode()))
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -73,8 +192,8 @@ class MetricsLog:
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=len(history) + 1 if history else None)
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        with disk_errors(self.path), open(self.path, "a") as f:
+            f.write(_line(row))
         if self.writer is not None:
             for key, value in row.items():
                 if key != "epoch":
@@ -84,3 +203,7 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _line(row: dict) -> str:
+    return json.dumps(finite(row), allow_nan=False) + "\n"

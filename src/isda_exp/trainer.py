@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from . import runfiles
+from . import preempt, runfiles
 from .augment import normalize
 from .build import (build_criterion, build_data, build_model, build_optimizer, run_length,
                     science_config)
@@ -24,6 +24,13 @@ from .isda import isda_ratio
 
 log = logging.getLogger("isda_exp")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FINITE_CHECK_STEPS = 100  # a non-finite loss is looked for every this many steps (one host sync)
+
+
+class Diverged(UserError):
+    """The training loss or the weights became non-finite; failed.json is written already."""
+
+    recorded = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -76,6 +83,7 @@ class Trainer:
                                   resolve_workers(t.num_workers))
         self.x_test = self.data.x_test.to(self.device)
         self.y_test = self.data.y_test.to(self.device)
+        self.history, self.wall, self.last_save, self.epoch_seconds = [], 0.0, time.monotonic(), 0.0
 
     def _compiled(self, net):
         try:
@@ -114,23 +122,99 @@ class Trainer:
     def _inputs(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return normalize(x_uint8).contiguous(memory_format=self.memory_format)
 
-    def train_epoch(self, epoch: int) -> dict:
-        """One pass over the training set; lambda is fixed within the epoch."""
+    def train_epoch(self, epoch: int, resume: dict | None = None) -> dict:
+        """One pass over the training set; lambda is fixed within the epoch.
+
+        `resume` (a mid-epoch checkpoint's "partial") continues the epoch at its batch. The loop
+        polls for a stop signal and the periodic checkpoint after each step (no device sync)
+        and looks for a non-finite loss every FINITE_CHECK_STEPS steps.
+        """
         self.net.train()
-        torch.manual_seed(mix_seed(self.seed, epoch, 3))  # dropout, shake-shake: a function of the epoch
+        if resume is None:  # else the checkpoint restored the RNG as it was at that batch
+            torch.manual_seed(mix_seed(self.seed, epoch, 3))  # dropout, shake-shake: a function of the epoch
         ratio = self.ratio(epoch)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         wrong = torch.zeros((), device=self.device, dtype=torch.int64)
-        seen = 0
-        bar = tqdm(self.stream.epoch(epoch), total=len(self.stream), leave=False,
+        seen, first, earlier = 0, 0, 0.0
+        if resume is not None:
+            loss_sum += resume["loss_sum"].to(self.device)
+            wrong += resume["wrong"].to(self.device)
+            seen, first, earlier = int(resume["seen"]), int(resume["batch"]), float(resume["seconds"])
+        losses = torch.full((len(self.stream),), float("nan"), device=self.device)  # per step, for the report
+        tic = time.perf_counter()
+        bar = tqdm(self.stream.epoch(epoch, first), total=len(self.stream), initial=first, leave=False,
                    desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.cfg.trainer.progress)
-        for x, y in bar:
+        for b, (x, y) in enumerate(bar, start=first):
             loss, logits = self.train_step(x, y, ratio)
             loss_sum += loss.double() * len(y)
+            losses[b] = loss.detach().float()
             wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
+            if (b + 1) % FINITE_CHECK_STEPS == 0:
+                self._check_loss(epoch, loss_sum, losses, first, b + 1)
+            if preempt.requested() is not None or self._checkpoint_due():
+                self._check_loss(epoch, loss_sum, losses, first, b + 1)
+                partial = {"batch": b + 1, "loss_sum": loss_sum.cpu(), "wrong": wrong.cpu(), "seen": seen,
+                           "seconds": earlier + time.perf_counter() - tic}
+                self._save_partial(epoch, partial)
+        self._check_loss(epoch, loss_sum, losses, first, len(self.stream))
+        self.epoch_seconds = earlier  # the part of this epoch trained before a resume
         return {"train_loss": loss_sum.item() / seen, "train_error": 100.0 * wrong.item() / seen,
                 "lambda": ratio}
+
+    # ------------------------------------------------------------ faults
+
+    def _check_loss(self, epoch: int, loss_sum, losses, first: int, done: int) -> None:
+        """Stop on a non-finite loss: one host sync, the step found only when it is needed."""
+        if torch.isfinite(loss_sum).item():
+            return
+        bad = (~torch.isfinite(losses[first:done])).nonzero()
+        step = first + int(bad[0]) if len(bad) else done - 1
+        self._diverged(epoch, step + 1, f"train loss {float(losses[step])}")
+
+    def _check_weights(self, epoch: int, step: int) -> None:
+        params = [*self.net.parameters(), *self.fc.parameters()]
+        if not torch.stack([p.detach().isfinite().all() for p in params]).all().item():
+            self._diverged(epoch, step, "non-finite weights")
+
+    def _diverged(self, epoch: int, step: int, what: str):
+        t = self.cfg.trainer
+        kept = "the last good checkpoint last.pt is kept" if (self.run_dir / runfiles.CHECKPOINT).exists() \
+            else "no checkpoint was written"
+        advice = f"a lower model.recipe.lr (now {self.cfg.model.recipe.lr})"
+        if self.criterion is not None:
+            advice += f" or isda.lambda_0 (now {self.cfg.isda.lambda_0})"
+        msg = (f"training diverged in epoch {epoch + 1}/{self.epochs} at step {step}/{len(self.stream)} "
+               f"({what}); {kept}. Try {advice}, in a new out_root=DIR")
+        runfiles.write_json(self.run_dir / runfiles.FAILED, {
+            "error": msg, "reason": "diverged", "epoch": epoch + 1, "step": step, "what": what,
+            "precision": t.precision})
+        raise Diverged(msg)
+
+    def _checkpoint_due(self) -> bool:
+        minutes = self.cfg.trainer.get("checkpoint_minutes")
+        return bool(minutes) and time.monotonic() - self.last_save >= 60 * float(minutes)
+
+    def _save(self, state: dict, epoch: int, step: int) -> None:
+        """Never replace the last good checkpoint with non-finite weights."""
+        self._check_weights(epoch, step)
+        runfiles.save_checkpoint(self.run_dir / runfiles.CHECKPOINT, state)
+        self.last_save = time.monotonic()
+
+    def _save_partial(self, epoch: int, partial: dict) -> None:
+        """A mid-epoch checkpoint; on a stop signal, then the one log line and Preempted."""
+        self._save(self.state(epoch, self.history, self.wall, partial), epoch, partial["batch"])
+        self._stop_if_requested(f"in epoch {epoch + 1}/{self.epochs} after batch "
+                                f"{partial['batch']}/{len(self.stream)}")
+
+    def _stop_if_requested(self, where: str) -> None:
+        signum = preempt.requested()
+        if signum is None:
+            return
+        msg = (f"stopped by {preempt.name(signum)} {where}: checkpoint written to "
+               f"{self.run_dir / runfiles.CHECKPOINT}; run the same command to resume")
+        log.info(msg)
+        raise preempt.Preempted(signum, msg)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, ratio: float):
         """One SGD step on a batch of augmented uint8 images; returns the detached (loss, logits).
@@ -205,9 +289,11 @@ class Trainer:
 
     # ------------------------------------------------------------ state
 
-    def state(self, epoch: int, history: list[dict], wall: float) -> dict:
+    def state(self, epoch: int, history: list[dict], wall: float, partial: dict | None = None) -> dict:
+        """`epoch` epochs done; `partial`: how far into the next one (a mid-epoch checkpoint)."""
         return {
-            "epoch": epoch, "history": history, "wall_time": wall, "config": science_config(self.cfg),
+            "epoch": epoch, "partial": partial, "history": history, "wall_time": wall,
+            "config": science_config(self.cfg),
             "model": self.net.state_dict(), "classifier": self.fc.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "isda": self.criterion.state_dict() if self.criterion is not None else None,
@@ -227,30 +313,39 @@ class Trainer:
     # ------------------------------------------------------------ the run
 
     def fit(self) -> dict:
-        ckpt_path = self.run_dir / runfiles.CHECKPOINT
-        start, history, wall = 0, [], 0.0
-        if ckpt_path.exists():
-            ckpt = runfiles.load_checkpoint(ckpt_path)
+        start, history, wall, resume = 0, [], 0.0, None
+        latest = runfiles.load_latest(self.run_dir)
+        if latest is not None:
+            ckpt, _ = latest
             self.load_state(ckpt)
             start, history, wall = ckpt["epoch"], ckpt["history"], ckpt["wall_time"]
-            log.info(f"resuming {self.run_dir} after epoch {start}/{self.epochs}")
+            resume = ckpt.get("partial")
+            where = f"in epoch {start + 1} at batch {resume['batch']}/{len(self.stream)}" if resume \
+                else f"after epoch {start}/{self.epochs}"
+            log.info(f"resuming {self.run_dir} {where}")
         (self.run_dir / runfiles.FAILED).unlink(missing_ok=True)
+        self.history, self.wall, self.last_save = history, wall, time.monotonic()
         metrics = runfiles.MetricsLog(self.run_dir, history, bool(self.cfg.trainer.tensorboard))
         try:
             for epoch in range(start, self.epochs):
                 tic = time.perf_counter()
-                row = {"epoch": epoch + 1, **self.train_epoch(epoch), **self.evaluate(),
-                       "lr": self.optimizer.param_groups[0]["lr"]}
+                row = {"epoch": epoch + 1, **self.train_epoch(epoch, resume)}
+                self._check_weights(epoch, len(self.stream))
+                row.update({**self.evaluate(), "lr": self.optimizer.param_groups[0]["lr"]})
                 self.scheduler.step()
-                row["seconds"] = time.perf_counter() - tic
+                row["seconds"] = time.perf_counter() - tic + self.epoch_seconds
+                resume = None
                 wall += row["seconds"]
                 history.append(row)
                 metrics.append(row)
-                runfiles.save_checkpoint(ckpt_path, self.state(epoch + 1, history, wall))
+                self.wall = wall
+                self._save(self.state(epoch + 1, history, wall), epoch, len(self.stream))
                 log.info(f"epoch {epoch + 1}/{self.epochs}  train loss {row['train_loss']:.4f} "
                          f"err {row['train_error']:.2f}%  test loss {row['test_loss']:.4f} "
                          f"err {row['test_error']:.2f}%  lr {row['lr']:.4g}  lambda "
                          f"{row['lambda']:.3f}  {row['seconds']:.1f}s")
+                if epoch + 1 < self.epochs:  # after the last epoch: finish (the summary is quick)
+                    self._stop_if_requested(f"after epoch {epoch + 1}/{self.epochs}")
         finally:
             metrics.close()
         summary = self.summary(history, wall)
@@ -285,13 +380,21 @@ def device_name(device: torch.device) -> str:
 
 
 def rng_states() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every RNG state as tensors and plain values, so a checkpoint loads with weights_only."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, python_gauss = random.getstate()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": [version, list(internal), python_gauss],
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    version, internal, python_gauss = states["python"]
+    random.setstate((version, tuple(internal), python_gauss))
     if states.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
