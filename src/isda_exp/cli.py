@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from . import preempt, runfiles
-from .build import science_config
+from .build import check_loss, science_config
 from .errors import UserError
 from .runlock import RunLock, RunLocked, record_elsewhere
 from .validate import check_config
@@ -72,6 +72,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     Every value is checked first; then the run directory is locked for the whole run.
     """
     check_config(cfg)
+    check_loss(cfg)  # isda=on with loss=focal, ...: refused before any work
     with RunLock(run_dir), preempt.catch_signals():
         runfiles.remove_stray_temps(run_dir)
         return _run_locked(cfg, run_dir)
