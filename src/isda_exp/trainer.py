@@ -240,7 +240,7 @@ class Trainer:
             for epoch in range(start, self.epochs):
                 tic = time.perf_counter()
                 row = {"epoch": epoch + 1, **self.train_epoch(epoch), **self.evaluate(),
-                       "lr": self.optimizer.param_groups[0]["lr"]}
+                       "lr": self.optimizer.param_groups[0]["lr"], "eval_split": self.data.eval_split}
                 self.scheduler.step()
                 row["seconds"] = time.perf_counter() - tic
                 wall += row["seconds"]
@@ -268,7 +268,8 @@ class Trainer:
             "aug": cfg.aug.name, "method": "baseline" if self.criterion is None else "isda",
             "variant": None if self.criterion is None else variant_name(cfg.isda),
             "lambda_0": float(cfg.isda.lambda_0), "train_size": len(self.data.y_train),
-            "test_size": len(self.y_test), "precision": cfg.trainer.precision,
+            "test_size": len(self.y_test), "eval_split": self.data.eval_split,
+            "precision": cfg.trainer.precision,
             "threads": torch.get_num_threads(),
             "wall_time": wall, "torch_version": torch.__version__, "device": device_name(self.device),
         }
