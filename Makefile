@@ -9,7 +9,9 @@ export PYTHONUNBUFFERED := 1
 install:  ## create .venv and install the package (editable) with the tested pins
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c requirements.txt -e ".[test,slurm]"
+	@# setuptools prints a notice for every editable install of a package whose folders are mapped
+	@# (configs/ -> isda_exp/configs); harmless here, since config_dir() finds configs/ by path
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -c requirements.txt -e ".[test,slurm]"
 	$(PY) -c "import torch, torchvision, hydra, isda_exp; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| hydra', hydra.__version__)"
 
 test:  ## the whole test suite (CPU, about 5-10 minutes on 2 cores)

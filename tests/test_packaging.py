@@ -33,3 +33,13 @@ def test_wheel_ships_configs_and_runs_without_the_repo(tmp_path):
     rm = subprocess.run([sys.executable, "-m", "isda_exp.models", "--help"], cwd=tmp_path, env=env,
                         capture_output=True, text=True)
     assert rm.returncode == 0
+
+
+def test_every_config_folder_is_a_listed_package():
+    """An unlisted configs/ folder makes setuptools warn at install and may drop it from wheels."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"isda_exp." + ".".join(("configs", *p.relative_to(ROOT / "configs").parts))
+               for p in (ROOT / "configs").rglob("*") if p.is_dir()} | {"isda_exp.configs"}
+    assert folders <= listed, f"add {sorted(folders - listed)} to [tool.setuptools] packages"

@@ -1,0 +1,81 @@
+"""`python -m isda_exp.report`: the command line over loading, grouping, tables and curves."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from isda_exp.runfiles import atomic_write
+
+from .curves import plot_curves
+from .groups import aggregate
+from .runs import ReportError, load_runs, select_runs
+from .tables import TABLE_FILTERS, format_pending, format_table, table_rows
+
+
+def build_report(root: str | os.PathLike, fmt: str = "md", table: int | None = None,
+                 select: dict | None = None) -> tuple[str, str]:
+    """(main text, side text): the table and, for CSV, the not-averaged listing kept apart."""
+    runs = select_runs(load_runs(root), **(select or {}))
+    if not runs:
+        raise ReportError(f"no runs under '{root}' (no folder with summary.json, failed.json, "
+                          "metrics.jsonl, last.pt or run_config.json); check the path")
+    rows = aggregate(runs)
+    if not rows:
+        pending = sum(r.status == "in_progress" for r in runs)
+        raise ReportError(f"no finished runs under '{root}' ({pending} in progress, "
+                          f"{len(runs) - pending} failed); nothing to average yet",
+                          listing=format_pending(runs, "csv", root))
+    shown = table_rows(rows, table)
+    if not shown:
+        augs, methods = TABLE_FILTERS[table]
+        raise ReportError(f"no finished runs for Table {table} (aug {'/'.join(augs)}, method "
+                          f"{'/'.join(methods)}); drop --table to see the {len(rows)} groups")
+    text = format_table(rows, fmt, table)
+    notes = [n for r in shown for n in r.notes]
+    side = format_pending(runs, fmt, root, notes)
+    if fmt == "csv":
+        return text, side
+    return (text + "\n" + side if side else text), ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    select = {"dataset": args.dataset, "model": args.model, "aug": args.aug}
+    try:
+        if args.curves:
+            runs = select_runs(load_runs(args.runs_dir), **select)
+            n = plot_curves(args.runs_dir, args.curves, runs=runs)
+            print(f"wrote {args.curves} ({n} curves)", file=sys.stderr)
+            return 0
+        text, side = build_report(args.runs_dir, args.format, args.table, select)
+        if args.out:
+            atomic_write(args.out, lambda fh: fh.write(text.encode("utf-8")))
+        else:
+            sys.stdout.write(text)
+        if side:
+            sys.stderr.write(side)
+    except (ReportError, OSError) as exc:
+        sys.stderr.write(getattr(exc, "listing", ""))
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m isda_exp.report", description=(
+        "Mean and sample std of test_error_last10 across seeds per (dataset, model, aug, "
+        "method), beside the ISDA paper's numbers; or Figure 2's curves with --curves."))
+    p.add_argument("runs_dir", help="folder holding the run directories (searched recursively)")
+    p.add_argument("--format", choices=("md", "csv", "tex"), default="md")
+    p.add_argument("--table", type=int, choices=(1, 2), help="lay out as the paper's Table 1 or 2")
+    p.add_argument("--out", help="write to this file (atomically) instead of stdout")
+    p.add_argument("--curves", metavar="OUT.png", help="plot test error per epoch instead")
+    p.add_argument("--dataset", action="append", help="keep only this dataset (repeatable)")
+    p.add_argument("--model", action="append", help="keep only this model (repeatable)")
+    p.add_argument("--aug", action="append", help="keep only this aug (repeatable)")
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

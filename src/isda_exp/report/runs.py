@@ -1,0 +1,205 @@
+"""Loading run directories: what each run's files say (finished, in progress, failed) and its group key.
+
+A run is a directory holding any of summary.json (finished), failed.json (failed), metrics.jsonl,
+last.pt or run_config.json (in progress). A finished run's group comes from its summary.json, an
+unfinished one's from its run_config.json, or failing that from the trainer's
+``<dataset>/<model>/<aug>/<method>/seed<N>`` directory layout (needed only to draw its curve).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from isda_exp import paper
+from isda_exp.errors import UserError
+from isda_exp.runfiles import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY
+
+RUN_MARKERS = frozenset({SUMMARY, FAILED, METRICS, CHECKPOINT, CONFIG})
+REQUIRED_FIELDS = ("test_error_last10", "dataset", "model", "aug", "method")
+FULL_TRAIN_SIZE = 50000
+FULL_TEST_SIZE = 10000
+
+Key = tuple[str, str, str, str]  # (dataset, model, aug, method label)
+
+
+class ReportError(UserError, ValueError):
+    """Bad input to the report (missing directory, no runs): one line for the user."""
+
+    def __init__(self, message: str, listing: str = ""):
+        super().__init__(message)
+        self.listing = listing  # the unfinished runs, shown before the message when there are any
+
+
+# ----------------------------------------------------------------------------------- loading
+
+
+@dataclass
+class Run:
+    """One run directory and what its files say."""
+
+    path: Path
+    status: str  # "finished" | "in_progress" | "failed"
+    summary: dict | None = None
+    key: Key | None = None
+    last_epoch: int | None = None
+    error: str | None = None
+    config: dict | None = None  # run_config.json of an unfinished run
+
+    @property
+    def smoke(self) -> bool:
+        """True for miniature runs: short schedule, subset of CIFAR, or synthetic data."""
+        if self.summary is None:
+            return _config_smoke(self.config or {})
+        s = self.summary
+        short = _num(s.get("epochs")) is not None and _num(s.get("recipe_epochs")) is not None \
+            and s["epochs"] < s["recipe_epochs"]
+        subset = (_num(s.get("train_size")) is not None and s["train_size"] < FULL_TRAIN_SIZE) \
+            or (_num(s.get("test_size")) is not None and s["test_size"] < FULL_TEST_SIZE)
+        return bool(short or subset or s.get("dataset") == "synthetic")
+
+
+def _config_smoke(config: dict) -> bool:
+    """The smoke test for a run that has no summary yet, from its run_config.json."""
+    try:
+        epochs, recipe = config["trainer"].get("epochs"), config["model"]["recipe"]["epochs"]
+        data = config["dataset"]
+        return bool((epochs is not None and epochs < recipe) or data.get("name") == "synthetic"
+                    or data.get("train_subset") or data.get("test_subset"))
+    except (KeyError, TypeError, AttributeError):
+        return False
+
+
+def _num(value) -> float | None:
+    """The value if it is a real number (bools excluded), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value
+
+
+def load_runs(root: str | os.PathLike) -> list[Run]:
+    """Every run directory under ``root`` (recursively), sorted by path."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ReportError(f"runs directory '{root}' does not exist; pass the directory the "
+                          "trainer wrote its runs into")
+    runs = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        names = set(filenames)
+        if names & RUN_MARKERS:
+            runs.append(_read_run(Path(dirpath), names))
+            dirnames[:] = []  # a run's own subfolders (tensorboard, .hydra) hold no runs
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return sorted(runs, key=lambda r: str(r.path))
+
+
+def _read_run(path: Path, names: set[str]) -> Run:
+    last = _last_epoch(path / METRICS) if METRICS in names else None
+    config = None
+    if CONFIG in names:
+        with contextlib.suppress(OSError, ValueError):
+            config = _read_json(path / CONFIG)
+    key = _config_key(config) or _path_key(path)
+    if SUMMARY in names:
+        try:
+            summary = _read_json(path / SUMMARY)
+            key = _summary_key(summary)
+        except (OSError, ValueError) as exc:
+            return Run(path, "failed", last_epoch=last, key=key, config=config,
+                       error=f"unreadable summary.json: {exc}")
+        return Run(path, "finished", summary, key, last_epoch=summary.get("epochs", last))
+    if FAILED in names:
+        try:
+            info = _read_json(path / FAILED)
+            error = str(info.get("error", "no error message in failed.json"))
+        except (OSError, ValueError) as exc:
+            error = f"unreadable failed.json: {exc}"
+        return Run(path, "failed", key=key, last_epoch=last, error=error, config=config)
+    return Run(path, "in_progress", key=key, last_epoch=last, config=config)
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name} holds {type(data).__name__}, expected a JSON object")
+    return data
+
+
+def _summary_key(summary: dict) -> Key:
+    """The group key of a finished run; ValueError naming the field when the summary is unusable."""
+    missing = [f for f in REQUIRED_FIELDS if f not in summary]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(missing)}")
+    if _num(summary["test_error_last10"]) is None:
+        raise ValueError(f"test_error_last10 is {summary['test_error_last10']!r}, not a number")
+    label = paper.method_label(str(summary["method"]), summary.get("variant"))
+    return (str(summary["dataset"]), str(summary["model"]), str(summary["aug"]), label)
+
+
+def _config_key(config: dict | None) -> Key | None:
+    """Group of a run from its run_config.json (the trainer's composed config), if readable."""
+    if not config:
+        return None
+    try:
+        isda = config["isda"]
+        if not isda.get("loss"):
+            label = "baseline"
+        else:
+            variant = "constant" if isda.get("constant") else isda["loss"].get("covariance")
+            label = paper.method_label("isda", variant)
+        return (str(config["dataset"]["name"]), str(config["model"]["name"]),
+                str(config["aug"]["name"]), label)
+    except (KeyError, TypeError, AttributeError):
+        return None
+
+
+def _path_key(path: Path) -> Key | None:
+    """Group of an unfinished run from the trainer's directory layout, or None if it differs."""
+    parts = path.parts
+    if len(parts) < 5 or not re.fullmatch(r"seed\d+", parts[-1]):
+        return None
+    dataset, model, aug, method = parts[-5:-1]
+    match = re.fullmatch(r"(baseline|isda)(?:[-_](\w+))?", method)
+    if match is None:
+        return None
+    return (dataset, model, aug, paper.method_label(match[1], match[2]))
+
+
+def read_metrics(path: Path) -> dict[int, float]:
+    """Epoch -> test error from metrics.jsonl; a torn last line or a bad row is skipped."""
+    errors: dict[int, float] = {}
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return errors
+    for line in lines:
+        try:
+            row = json.loads(line)
+            epoch, error = row["epoch"], row["test_error"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if _num(epoch) is not None and _num(error) is not None:
+            errors[int(epoch)] = float(error)  # a resumed run may log an epoch twice: keep the last
+    return errors
+
+
+def _last_epoch(path: Path) -> int | None:
+    epochs = read_metrics(path)
+    return max(epochs) if epochs else None
+
+
+def select_runs(runs: Iterable[Run], **wanted: Iterable[str] | None) -> list[Run]:
+    """Runs whose key matches every given filter (dataset/model/aug/method); keyless runs stay."""
+    fields = ("dataset", "model", "aug", "method")
+    out = []
+    for run in runs:
+        if run.key is None or all(not wanted.get(f) or run.key[i] in wanted[f]
+                                  for i, f in enumerate(fields)):
+            out.append(run)
+    return out
