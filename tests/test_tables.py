@@ -86,3 +86,89 @@ def test_cli_run_on_the_holdout_reports_eval_split(tmp_path):
     assert (summary["train_size"], summary["test_size"]) == (206, 50)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["eval_split"] for r in rows] == ["holdout"]
+
+
+# ------------------------------------------------------------------ the hold-out search
+
+
+def fake_run(root: Path, lam: float, seed: int, error: float | None = None, status: str = "finished",
+             split: str = "holdout", model: str = "resnet110", name: str | None = None) -> Path:
+    """A run directory as the trainer leaves it: run_config.json, and summary.json or failed.json."""
+    run = root / (name or f"lambda_0_{lam}") / f"seed{seed}"
+    run.mkdir(parents=True)
+    config = {"seed": seed, "model": {"name": model}, "dataset": {"name": "cifar10", "validation":
+              5000 if split == "holdout" else None}, "isda": {"lambda_0": lam, "constant": False}}
+    (run / "run_config.json").write_text(json.dumps(config))
+    if status == "finished":
+        (run / "summary.json").write_text(json.dumps({
+            "test_error_last10": error, "seed": seed, "dataset": "cifar10", "model": model,
+            "aug": "baseline", "method": "isda", "variant": "full", "eval_split": split, "epochs": 160}))
+    elif status == "failed":
+        (run / "failed.json").write_text(json.dumps({"error": "RuntimeError: out of memory"}))
+    else:
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 3, "test_error": 1.0}) + "\n")
+    return run
+
+
+def search_cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "isda_exp.search", *args], capture_output=True, text=True)
+
+
+def test_search_picks_the_lowest_mean_and_never_averages_unfinished_runs(tmp_path):
+    errors = {0.1: [5.0, 5.3, 5.6], 0.25: [4.9, 5.1, 5.0], 0.5: [4.7, 5.0], 0.75: [5.5, 5.5, 5.5],
+              1.0: [6.0, 6.1, 6.2]}
+    for lam, errs in errors.items():
+        for seed, e in enumerate(errs):
+            fake_run(tmp_path, lam, seed, e)
+    fake_run(tmp_path, 0.5, 2, status="failed")  # averaged as anything it would pull 0.5's mean away
+    fake_run(tmp_path, 1.0, 3, status="in_progress")
+    from isda_exp import search
+
+    values, left_out = search.collect(tmp_path, "isda.lambda_0")
+    assert [v.value for v in values] == [0.1, 0.25, 0.5, 0.75, 1.0]
+    by_hand = {lam: sum(errs) / len(errs) for lam, errs in errors.items()}  # 5.3, 5.0, 4.85, 5.5, 6.1
+    assert {v.value: round(v.mean, 10) for v in values} == {k: round(m, 10) for k, m in by_hand.items()}
+    assert values[2].std == pytest.approx(np.std([4.7, 5.0], ddof=1))
+    assert search.choose(values).value == 0.5
+    assert sorted(r.status for r, _ in left_out) == ["failed", "in_progress"]
+
+    proc = search_cli(str(tmp_path), "--param", "isda.lambda_0")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "chosen: isda.lambda_0 = 0.5 (lowest mean hold-out error, 4.85%)" in out
+    assert "| 0.5 | 2 | 4.85 ± 0.21 | 0: 4.70, 1: 5.00 |" in out
+    assert "| 0.1 | 3 | 5.30 ± 0.30 |" in out
+    assert "provisional: 2 run(s) not finished" in out
+    assert "lambda_0_0.5/seed2: failed: RuntimeError: out of memory" in out
+    assert "lambda_0_1.0/seed3: in progress" in out
+
+
+def test_search_refuses_test_set_runs_and_mixed_sweeps(tmp_path):
+    for lam in (0.1, 0.5):
+        fake_run(tmp_path / "test", lam, 0, 5.0, split="test")
+    proc = search_cli(str(tmp_path / "test"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("run the sweep with dataset.validation=5000 (make lambda-search)")
+    assert "evaluated on the test set" in proc.stderr
+
+    fake_run(tmp_path / "mixed", 0.1, 0, 5.0)
+    fake_run(tmp_path / "mixed", 0.5, 0, 4.0, model="wrn28_10")
+    proc = search_cli(str(tmp_path / "mixed"))
+    assert proc.returncode == 2 and "model.name" in proc.stderr and proc.stderr.startswith("error: ")
+    assert proc.stdout == ""  # no choice printed from a mixed directory
+
+
+def test_search_any_parameter_and_ties(tmp_path):
+    for gamma, errs in {0.5: [3.0, 4.0], 2.0: [3.5, 3.5], 1.0: [4.0, 3.0]}.items():
+        for seed, e in enumerate(errs):
+            run = fake_run(tmp_path, 0.0, seed, e, name=f"gamma_{gamma}")
+            config = json.loads((run / "run_config.json").read_text())
+            config["loss"] = {"name": "focal", "gamma": gamma}
+            (run / "run_config.json").write_text(json.dumps(config))
+    proc = search_cli(str(tmp_path), "--param", "loss.gamma")
+    assert proc.returncode == 0, proc.stderr
+    assert "chosen: loss.gamma = 0.5 (lowest mean hold-out error, 3.50%)" in proc.stdout
+    assert "tie: 1.0, 2.0 reach the same mean" in proc.stdout
