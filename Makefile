@@ -38,7 +38,7 @@ define sweep_then_report  # $(1): table number, $(2): runs dir, $(3): Hydra over
 	  $(PY) -m isda_exp -m experiment=table$(1) out_root=$(2) $(3); status=$$?; \
 	  $(PY) -m isda_exp.report $(2) --table $(1) --format md --out $(2).md && \
 	  $(PY) -m isda_exp.report $(2) --table $(1) --format tex --out $(2).tex && \
-	  $(PY) -m isda_exp.report $(2) --format csv --out $(2).csv && \
+	  $(PY) -m isda_exp.report $(2) --table $(1) --format csv --out $(2).csv && \
 	  $(PY) -m isda_exp.report $(2) --curves $(2)_curves.png && cat $(2).md && \
 	  echo "tables: $(2).md $(2).tex $(2).csv  curves: $(2)_curves.png"; \
 	  exit $$(( status || $$? )); fi

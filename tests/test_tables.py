@@ -172,3 +172,87 @@ def test_search_any_parameter_and_ties(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "chosen: loss.gamma = 0.5 (lowest mean hold-out error, 3.50%)" in proc.stdout
     assert "tie: 1.0, 2.0 reach the same mean" in proc.stdout
+
+
+# ------------------------------------------------------------------ the report: Tables 3 and 5
+
+
+def write_summary(root: Path, rel: str, err: float, *, dataset="cifar10", model="wrn28_10",
+                  method="baseline", variant=None, seed=0, split="test", **extra) -> None:
+    """summary.json of a finished full-recipe run, as the trainer writes it."""
+    d = root / rel
+    d.mkdir(parents=True)
+    sizes = (45000, 5000) if split == "holdout" else (50000, 10000)
+    (d / "summary.json").write_text(json.dumps({
+        "test_error_last10": err, "epochs": 240, "recipe_epochs": 240, "seed": seed, "dataset": dataset,
+        "model": model, "aug": "baseline", "method": method, "variant": variant, "lambda_0": 0.5,
+        "train_size": sizes[0], "test_size": sizes[1], "eval_split": split, **extra}))
+
+
+def cells_of(root: Path, rel: str, errors: list[float], **kw) -> None:
+    for seed, e in enumerate(errors):
+        write_summary(root, f"{rel}/seed{seed}", e, seed=seed, **kw)
+
+
+def md_rows(text: str, title: str) -> list[list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(title))
+    rows = []
+    for ln in lines[start + 2:]:
+        if not ln.startswith("|"):
+            break
+        if not set(ln) <= set("|-:"):
+            rows.append([c.strip() for c in ln.strip("|").split("|")])
+    return rows
+
+
+def report_cli(*args: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "isda_exp.report", *map(str, args)],
+                          capture_output=True, text=True)
+
+
+def test_table5_layout_beside_the_numbers_table5_prints(tmp_path):
+    cells_of(tmp_path, "b10", [3.7, 3.9])
+    cells_of(tmp_path, "b100", [18.6], dataset="cifar100")
+    cells_of(tmp_path, "id10", [3.5, 3.6, 3.7], method="isda", variant="identity")
+    cells_of(tmp_path, "i100", [18.0, 18.2], dataset="cifar100", method="isda", variant="full")
+    cells_of(tmp_path, "ho", [1.0, 1.2], dataset="cifar100", method="isda", split="holdout")
+    cells_of(tmp_path, "r32", [7.0], model="resnet32")  # a Table 1 cell: not in Table 5
+    proc = report_cli(tmp_path, "--table", "5")
+    assert proc.returncode == 0, proc.stderr
+    header, *body = md_rows(proc.stdout, "### Table 5")
+    assert header == ["Method"] + [f"Wide-ResNet-28-10 {d} {s}" for d in ("C10", "C100")
+                                   for s in ("ours (n)", "paper", "diff")]
+    assert [r[0] for r in body] == ["Basic", "Identity matrix", "Diagonal matrix",
+                                    "Single covariance matrix", "Constant lambda_0", "ISDA"]
+    # by hand: means 3.80 (std 0.1414), 18.60, 3.60 (0.10), 18.10 (0.1414); Table 5 prints Basic
+    # C100 as 18.58 (Table 1: 18.53), so the difference is +0.02, not +0.07
+    assert body[0][1:] == ["3.80 ± 0.14 (2)", "3.82 ± 0.15", "-0.02", "18.60 (1)", "18.58 ± 0.10", "+0.02"]
+    assert body[1][1:] == ["3.60 ± 0.10 (3)", "3.63 ± 0.12", "-0.03", "—", "18.53 ± 0.02", "—"]
+    assert body[2][1:] == ["—", "3.70 ± 0.15", "—", "—", "18.23 ± 0.02", "—"]
+    assert body[5][1:] == ["—", "3.58 ± 0.15", "—", "18.10 ± 0.14 (2)", "17.98 ± 0.15", "+0.12"]
+    assert "1.10" not in proc.stdout  # the hold-out runs are in no cell
+
+    csv_text = report_cli(tmp_path, "--table", "5", "--format", "csv").stdout
+    lines = [ln.split(",") for ln in csv_text.splitlines()]
+    assert lines[0][:4] == ["row", "dataset", "model", "method"]
+    assert len(lines) == 1 + 6 * 2
+    basic100 = lines[2]
+    assert basic100[:5] == ["Basic", "cifar100", "wrn28_10", "baseline", "1"]
+    assert [float(x) for x in basic100[5:10:2]] == [18.6, 18.58, pytest.approx(0.02)]
+    tex = report_cli(tmp_path, "--table", "5", "--format", "tex").stdout
+    assert r"Constant lambda\_0" in tex and r"3.80 $\pm$ 0.14 (2)" in tex and tex.count(r"\\") == 8
+
+
+def test_holdout_groups_are_labelled_and_kept_apart(tmp_path):
+    cells_of(tmp_path, "test", [18.0, 18.2], dataset="cifar100", method="isda")
+    cells_of(tmp_path, "ho", [1.0, 1.2], dataset="cifar100", method="isda", split="holdout")
+    proc = report_cli(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    body = md_rows(proc.stdout, "### Test error")[1:]
+    assert [(r[3], r[5], r[6]) for r in body] == [("isda", "18.10 ± 0.14", "17.98 ± 0.15"),
+                                                  ("isda (hold-out)", "1.10 ± 0.14", "—")]
+    assert "SMOKE" not in proc.stdout  # 45,000 + 5,000 images are the full training set
