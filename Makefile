@@ -134,3 +134,26 @@ lambda-search-smoke: smoke-data  ## the search in miniature on the CPU (MODEL=re
 	@$(MAKE) --no-print-directory lambda-search MODEL=$(or $(MODEL),resnet32) DATASET=$(or $(DATASET),cifar10) \
 	  SEEDS=$(SMOKE_SEEDS) VALIDATION=100 DATA=$(SMOKE_DATA) OUT=$(OUT)/smoke/$(SMOKE_SOURCE) \
 	  ARGS="trainer.epochs=2 dataset.train_subset=$(SMOKE_SUBSET) trainer.progress=false $(ARGS)"
+
+# ------------------------------------------------------------------ the reduced reproduction
+# make mini: ResNet-32, baseline vs ISDA, 3 seeds, CIFAR-10 and CIFAR-100, an 8,000-image training
+# subset, 20 epochs, bf16 + channels_last (configs/experiment/mini.yaml): about 70 minutes on 2 CPU
+# cores. DATA=dir holds cifar10.npz and cifar100.npz (offline); without it torchvision downloads
+# CIFAR into ./data. Ends with the table, the comparison (ISDA - baseline, Welch 95% CI) and the
+# curves, written next to the runs in $(OUT)/mini/. DRY=1 lists the runs and their cost.
+.PHONY: mini
+MINI_DIR = $(OUT)/mini
+MINI_ARGS = $(if $(DATA),'dataset.npz=$(abspath $(DATA))/$${dataset.name}.npz') $(ARGS)
+
+mini:  ## the reduced real-data reproduction (about 70 minutes on 2 CPU cores)
+	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
+	@$(if $(DATA),test -f $(DATA)/cifar10.npz -a -f $(DATA)/cifar100.npz || { echo "error: DATA=$(DATA) must hold cifar10.npz and cifar100.npz (python ../shared/data/unpack_cifar.py cifar10 $(DATA)/cifar10.npz)"; exit 2; })
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan experiment=mini out_root=$(MINI_DIR) $(MINI_ARGS); else \
+	  start=$$(date +%s); \
+	  $(PY) -m isda_exp -m experiment=mini out_root=$(MINI_DIR) $(MINI_ARGS); status=$$?; \
+	  { $(PY) -m isda_exp.report $(MINI_DIR) && echo && $(PY) -m isda_exp.report $(MINI_DIR) --compare; } > $(MINI_DIR)/report.md && \
+	  $(PY) -m isda_exp.report $(MINI_DIR) --format csv --out $(MINI_DIR)/report.csv && \
+	  $(PY) -m isda_exp.report $(MINI_DIR) --compare --format csv --out $(MINI_DIR)/compare.csv && \
+	  $(PY) -m isda_exp.report $(MINI_DIR) --curves $(MINI_DIR)/curves.png && cat $(MINI_DIR)/report.md && \
+	  echo "mini: $$(( ($$(date +%s) - start) / 60 )) min; report: $(MINI_DIR)/report.md (+ report.csv, compare.csv)  curves: $(MINI_DIR)/curves.png"; \
+	  exit $$(( status || $$? )); fi

@@ -295,3 +295,15 @@ def test_resnet32_one_short_epoch_on_real_cifar10(tmp_path, cifar10_npz):
     summary = json.loads((tmp_path / "runs/cifar10/resnet32/baseline/isda/seed0/summary.json").read_text())
     assert summary["test_size"] == 10000  # the full test set
     assert summary["test_error_final"] < 75.0, proc.stdout  # chance is 90%
+
+
+def test_finished_run_says_what_was_averaged(tmp_path):
+    """A 3-epoch run's "last-10" number is the mean of its 3 epochs, and the log says so."""
+    args = [*TINY, "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]
+    run_cli(*args, cwd=tmp_path)
+    rows = read_metrics(tmp_path / "run")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_error_last10"] == pytest.approx(np.mean([r["test_error"] for r in rows]))
+    again = run_cli(*args, cwd=tmp_path)
+    assert "mean of all 3 epochs (the run is shorter than 10)" in again.stdout
+    assert "last 10" not in again.stdout

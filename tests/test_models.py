@@ -149,6 +149,18 @@ def test_densenet_memory_efficient_mode_gives_the_same_outputs_and_gradients():
     grads = [torch.autograd.grad(o.square().sum(), [x, *net.parameters()]) for o, net in zip(outs, (plain, saving))]
     for g0, g1 in zip(*grads):
         torch.testing.assert_close(g0, g1)
+    # the recomputation in backward must not update BatchNorm's running statistics a second time
+    buffers = [dict(net.named_buffers()) for net in (plain, saving)]
+    assert buffers[0].keys() == buffers[1].keys()
+    for name, value in buffers[0].items():
+        torch.testing.assert_close(buffers[1][name], value, msg=name)
+    assert {int(v) for k, v in buffers[1].items() if k.endswith("num_batches_tracked")} == {1}
+    # and after a second step, and in eval mode, both still agree
+    for net in (plain, saving):
+        net(torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))).sum().backward()
+        net.eval()
+    y = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(saving(y), plain(y))
 
 
 # --- configs --------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from isda_exp import paper, report
 
@@ -240,12 +241,16 @@ def test_table1_layout(tmp_path, capsys):
     rows = md_table(out, "### Table 1")
     header, body = rows[0], rows[1:]
     assert header[:2] == ["Model", "Method"] and header[2] == "CIFAR-10 ours (n)"
-    assert header[5] == "CIFAR-100 ours (n)"
+    assert header[5] == "CIFAR-10 vs baseline [95% CI]"
+    assert header[6] == "CIFAR-100 ours (n)"
+    welch = stats.ttest_ind([6.8, 7.0], [7.0, 7.2, 7.4], equal_var=False)
+    lo, hi = welch.confidence_interval(0.95)
+    vs = f"-0.30 [{lo:+.2f}, {hi:+.2f}] p={welch.pvalue:.3f}"
     assert body == [
-        ["ResNet-32", "baseline", "7.20 ± 0.20 (3)", "7.39 ± 0.10", "-0.19",
-         "31.00 (1)", "31.20 ± 0.41", "-0.20"],
-        ["ResNet-32", "isda", "6.90 ± 0.14 (2)", "7.09 ± 0.12", "-0.19",
-         "—", "30.27 ± 0.34", "—"],
+        ["ResNet-32", "baseline", "7.20 ± 0.20 (3)", "7.39 ± 0.10", "-0.19", "—",
+         "31.00 (1)", "31.20 ± 0.41", "-0.20", "—"],
+        ["ResNet-32", "isda", "6.90 ± 0.14 (2)", "7.09 ± 0.12", "-0.19", vs,
+         "—", "30.27 ± 0.34", "—", "—"],
     ]
 
 
@@ -258,17 +263,21 @@ def test_table2_layout(tmp_path, capsys):
     rc, out, _ = run_main([tmp_path, "--table", "2"], capsys)
     assert rc == 0
     header, *body = md_table(out, "### Table 2")
-    groups = [h.rsplit(" ", 1)[0] for h in header[2::3]]
+    starts = (2, 5, 9, 12)  # ours/paper/diff, plus "vs baseline" after the ISDA groups
+    groups = [header[i].rsplit(" ", 1)[0] for i in starts]
     assert groups == ["Cutout ours", "Cutout+ISDA ours", "AA ours", "AA+ISDA ours"]
+    assert (header[8], header[15]) == ("Cutout+ISDA vs baseline [95% CI]",
+                                       "AA+ISDA vs baseline [95% CI]")
     assert [r[:2] for r in body] == [["CIFAR-10", "Wide-ResNet-28-10"],
                                      ["CIFAR-100", "Shake-Shake 26 2x112d"]]
     c10, c100 = body
     assert c10[2:5] == ["3.00 ± 0.14 (2)", "2.99 ± 0.06", "+0.01"]
-    assert c10[5:8] == ["—", "2.83 ± 0.04", "—"]
-    assert c10[8:11] == ["—", "2.65 ± 0.07", "—"]
-    assert c10[11:14] == ["2.60 (1)", "2.56 ± 0.01", "+0.04"]
-    assert c100[3::3] == ["17.34 ± 0.28", "16.24 ± 0.20", "15.21 ± 0.20", "13.87 ± 0.26"]
-    assert c100[13] == "+3.13"
+    assert c10[5:9] == ["—", "2.83 ± 0.04", "—", "—"]
+    assert c10[9:12] == ["—", "2.65 ± 0.07", "—"]
+    assert c10[12:16] == ["2.60 (1)", "2.56 ± 0.01", "+0.04", "—"]  # no AA baseline run
+    assert [c100[i + 1] for i in starts] == ["17.34 ± 0.28", "16.24 ± 0.20", "15.21 ± 0.20",
+                                              "13.87 ± 0.26"]
+    assert c100[14] == "+3.13"
 
 
 def test_table_without_matching_runs_exits_2(tmp_path, capsys):
@@ -485,8 +494,8 @@ def test_paper_tables_complete():
 def test_paper_isda_never_worse_than_baseline():
     """A property of the published tables that catches swapped or mistyped cells."""
     for (ds, model, aug, method), (mean, _) in paper.PAPER.items():
-        if method == "baseline":
-            continue
+        if method == "baseline" or not method.startswith("isda") or "+" in method:
+            continue  # Table 3's competing losses and dropout rows need not sit between the two
         isda = paper.PAPER[(ds, model, aug, "isda")][0]
         basic = paper.PAPER[(ds, model, aug, "baseline")][0]
         assert isda <= mean <= basic, (ds, model, aug, method)

@@ -256,3 +256,120 @@ def test_holdout_groups_are_labelled_and_kept_apart(tmp_path):
     assert [(r[3], r[5], r[6]) for r in body] == [("isda", "18.10 ± 0.14", "17.98 ± 0.15"),
                                                   ("isda (hold-out)", "1.10 ± 0.14", "—")]
     assert "SMOKE" not in proc.stdout  # 45,000 + 5,000 images are the full training set
+
+
+# ------------------------------------------------------------------ plans (DRY) and smoke runs
+
+
+def make(*args: str, cwd: Path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), f"PY={sys.executable}", *args],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def planned(overrides: list[str]) -> list[dict]:
+    from isda_exp import plan
+
+    return plan.plan(overrides, tflops=60)
+
+
+def test_table5_plan_lists_36_runs(tmp_path):
+    rows = planned(["experiment=table5", f"out_root={tmp_path}"])
+    assert len(rows) == 2 * 6 * 3
+    methods = {Path(r["run"]).parts[-2] for r in rows}
+    assert methods == {"baseline", "isda", "isda-identity", "isda-diagonal", "isda-shared", "isda-constant"}
+    assert {Path(r["run"]).parts[-4] for r in rows} == {"wrn28_10"}
+    assert all(r["epochs"] == 240 and r["train_images"] == 50000 for r in rows)
+
+
+def test_lambda_search_dry_lists_values_x_seeds_on_the_holdout(tmp_path):
+    proc = make("lambda-search", "MODEL=resnet110", "DATASET=cifar100", "DRY=1", f"OUT={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    runs = [ln.split()[0] for ln in proc.stdout.splitlines() if ln.startswith(str(tmp_path))]
+    assert len(runs) == 5 * 3 and "15 runs, 15 to train" in proc.stdout
+    names = {Path(r).parts[-2] for r in runs}
+    assert names == {f"lambda_0_{v}" for v in ("0.1", "0.25", "0.5", "0.75", "1.0")}
+    assert all(" 45000 " in ln for ln in proc.stdout.splitlines() if ln.startswith(str(tmp_path)))
+    focal = make("lambda-search", "MODEL=resnet32", "DATASET=cifar10", "LOSS=focal", "PARAM=loss.gamma",
+                 "VALUES=0.5,1,2", "SEEDS=0", "DRY=1", f"OUT={tmp_path}", cwd=tmp_path)
+    if focal.returncode == 0:  # needs the loss group (branch losses)
+        assert "3 runs" in focal.stdout and "/focal/loss.gamma/gamma_2/seed0" in focal.stdout
+    bad = make("lambda-search", "MODEL=resnet32", "DATASET=cifar10", "LOSS=focal", "DRY=1", cwd=tmp_path)
+    assert bad.returncode != 0 and "give the loss's PARAM=" in bad.stdout + bad.stderr
+    bad = make("lambda-search", "DRY=1", cwd=tmp_path)
+    assert bad.returncode != 0 and "give MODEL= and DATASET=" in bad.stdout + bad.stderr
+
+
+def tiny_npz(folder: Path, n_train: int = 400, n_test: int = 40) -> Path:
+    """cifar10.npz / cifar100.npz stand-ins written with numpy alone (fast on a busy machine)."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, classes in (("cifar10", 10), ("cifar100", 100)):
+        np.savez(folder / f"{name}.npz",
+                 x_train=rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8),
+                 y_train=np.arange(n_train) % classes,
+                 x_test=rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8),
+                 y_test=np.arange(n_test) % classes)
+    return folder
+
+
+def test_table5_composes_and_runs_in_miniature(tmp_path):
+    """experiment=table5's sweep, two of its cells, on ResNet-32 and tiny data, then --table 5."""
+    run_cli("-m", "experiment=table5", "model=resnet32", "dataset=synthetic", "dataset.train_size=128",
+            "dataset.test_size=32", "trainer.batch_size=64", "trainer.epochs=1", "trainer.progress=false",
+            "trainer.tensorboard=false", "isda=off,diagonal", "seed=0", "out_root=t5", cwd=tmp_path)
+    found = sorted(p.parent.relative_to(tmp_path / "t5").as_posix() for p in (tmp_path / "t5").rglob("summary.json"))
+    assert found == ["synthetic/resnet32/baseline/baseline/seed0", "synthetic/resnet32/baseline/isda-diagonal/seed0"]
+    proc = report_cli(tmp_path / "t5", "--table", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert "SMOKE TABLE" in proc.stdout
+
+
+@pytest.mark.slow
+def test_lambda_search_smoke_end_to_end(tmp_path):
+    data = tiny_npz(tmp_path / "data")
+    proc = make("lambda-search-smoke", f"OUT={tmp_path}", f"DATA={data}", "SMOKE_SEEDS=0", "VALUES=0.1,1.0",
+                "SMOKE_SUBSET=16", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    found = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("summary.json"))
+    assert found == [f"smoke/real/search/cifar10/resnet32/isda/isda.lambda_0/lambda_0_{v}/seed0"
+                     for v in ("0.1", "1.0")]
+    summaries = [json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")]
+    assert all(s["eval_split"] == "holdout" and s["test_size"] == 100 for s in summaries)
+    best = min(summaries, key=lambda s: (s["test_error_last10"], s["lambda_0"]))
+    assert f"chosen: isda.lambda_0 = {best['lambda_0']} " in proc.stdout
+
+
+@pytest.mark.slow
+def test_table5_smoke_two_cells(tmp_path):
+    data = tiny_npz(tmp_path / "data")
+    proc = make("table5-smoke", f"OUT={tmp_path}", f"DATA={data}", "SMOKE_SEEDS=0", "SMOKE_SUBSET=8",
+                "ARGS=dataset=cifar10 isda=off,constant", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    md = (tmp_path / "smoke/real/table5.md").read_text()
+    assert "SMOKE TABLE" in md
+    body = {r[0]: r for r in md_rows(md, "### Table 5")[1:]}
+    assert body["Basic"][1].endswith("(1)") and body["Constant lambda_0"][1].endswith("(1)")
+    assert body["ISDA"][1] == "—" and body["Basic"][2] == "3.82 ± 0.15"
+    assert (tmp_path / "smoke/real/table5.csv").read_text().startswith("row,dataset,model,method")
+    assert (tmp_path / "smoke/real/table5.tex").exists()
+
+
+def test_compare_pairs_holdout_with_holdout_only(tmp_path):
+    cells_of(tmp_path, "tb", [18.5, 18.7], dataset="cifar100")
+    cells_of(tmp_path, "ti", [18.0, 18.2], dataset="cifar100", method="isda")
+    cells_of(tmp_path, "hi", [1.0, 1.2], dataset="cifar100", method="isda", split="holdout")
+    proc = report_cli(tmp_path, "--compare", "--format", "csv")
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln.split(",") for ln in proc.stdout.splitlines()[1:]]
+    assert [(ln[3], ln[4], ln[7]) for ln in lines] == [("isda", "baseline", "-0.5000")]  # no hold-out pair
+    cells_of(tmp_path, "hb", [1.5, 1.7], dataset="cifar100", split="holdout")
+    lines = [ln.split(",") for ln in report_cli(tmp_path, "--compare", "--format", "csv").stdout.splitlines()[1:]]
+    assert sorted((ln[3], ln[4], ln[7]) for ln in lines) == [
+        ("isda", "baseline", "-0.5000"), ("isda (hold-out)", "baseline (hold-out)", "-0.5000")]

@@ -55,16 +55,23 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     summary_path = run_dir / runfiles.SUMMARY
     if summary_path.exists():
         summary = runfiles.read_json(summary_path)
-        log.info(f"{run_dir} has already finished (test error, mean of last 10 epochs: "
+        log.info(f"{run_dir} has already finished (test error, {averaged(summary)}: "
                  f"{summary['test_error_last10']:.2f}%); nothing to train")
         return summary
     from .trainer import Trainer  # imported here so --help and config errors stay fast
 
     summary = Trainer(cfg, run_dir).fit()
     log.info(f"finished {run_dir}: test error {summary['test_error_last10']:.2f}% "
-             f"(mean of the last {min(10, summary['epochs'])} epochs), final "
+             f"({averaged(summary)}), final "
              f"{summary['test_error_final']:.2f}%, best {summary['test_error_best']:.2f}%")
     return summary
+
+
+def averaged(summary: dict) -> str:
+    """What test_error_last10 averages: the last 10 epochs, or all of a shorter run's."""
+    n = min(10, int(summary.get("epochs") or 10))
+    return "mean of the last 10 epochs" if n == 10 else \
+        f"mean of all {n} epoch{'s' if n != 1 else ''} (the run is shorter than 10)"
 
 
 def check_same_run(cfg: DictConfig, run_dir: Path) -> None:

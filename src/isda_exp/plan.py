@@ -90,8 +90,10 @@ def main(argv=None) -> int:
               f"{r['pflops']:>9.2f} {r['gpu_hours']:>8.2f}")
     todo = [r for r in rows if r["status"] != "finished"]
     total = sum(r["pflops"] for r in todo)
-    print(f"{len(rows)} runs, {len(todo)} to train: {total:.1f} PFLOP, about "
-          f"{sum(r['gpu_hours'] for r in todo):.0f} GPU-hours at {args.tflops:g} TFLOP/s sustained")
+    hours = sum(r["gpu_hours"] for r in todo)
+    hours_text = f"{hours:.0f}" if hours >= 10 else f"{hours:.2g}"
+    print(f"{len(rows)} runs, {len(todo)} to train: {total:.1f} PFLOP, about {hours_text} "
+          f"GPU-hours at {args.tflops:g} TFLOP/s sustained")
     return 0
 
 

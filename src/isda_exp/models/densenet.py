@@ -30,10 +30,37 @@ class DenseLayer(nn.Module):
     def _bottleneck(self, *features: torch.Tensor) -> torch.Tensor:
         return self.conv1(F.relu(self.bn1(torch.cat(features, 1))))
 
+    def _bottleneck_batch_stats(self, *features: torch.Tensor) -> torch.Tensor:
+        """As _bottleneck in training mode, but leaves bn1's running statistics alone.
+
+        The checkpoint runs this twice per step (forward, and again in backward), so it must not
+        update buffers; `_track_bn1` does that once per step instead.
+        """
+        bn = self.bn1
+        x = F.batch_norm(torch.cat(features, 1), None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+        return self.conv1(F.relu(x))
+
+    @torch.no_grad()
+    def _track_bn1(self, features: list[torch.Tensor]) -> None:
+        """bn1's running-statistics update of one training step, from per-input channel stats.
+
+        Channels of the concatenation are the inputs' channels side by side, so per-channel mean
+        and unbiased variance need no concatenation.
+        """
+        bn = self.bn1
+        mean = torch.cat([f.mean(dim=(0, 2, 3)) for f in features]).float()
+        var = torch.cat([f.var(dim=(0, 2, 3), unbiased=True) for f in features]).float()
+        bn.num_batches_tracked.add_(1)
+        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_(var.to(bn.running_var.dtype), factor)
+
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         if self.memory_efficient and self.training and features[0].requires_grad:
             # recompute concat+BN+1x1 in backward: the concatenation is what dominates memory
-            out = cp.checkpoint(self._bottleneck, *features, use_reentrant=False)
+            if self.bn1.track_running_stats:
+                self._track_bn1(features)
+            out = cp.checkpoint(self._bottleneck_batch_stats, *features, use_reentrant=False)
         else:
             out = self._bottleneck(*features)
         out = self.conv2(F.relu(self.bn2(out)))

@@ -10,12 +10,13 @@ from isda_exp.runfiles import atomic_write
 from .curves import plot_curves
 from .groups import aggregate
 from .runs import ReportError, load_runs, select_runs
-from .tables import TABLE_FILTERS, format_pending, format_table, table_rows
+from .tables import TABLE_FILTERS, format_comparisons, format_pending, format_table, table_rows
 
 
 def build_report(root: str | os.PathLike, fmt: str = "md", table: int | None = None,
-                 select: dict | None = None) -> tuple[str, str]:
-    """(main text, side text): the table and, for CSV, the not-averaged listing kept apart."""
+                 select: dict | None = None, comparisons: bool = False) -> tuple[str, str]:
+    """(main text, side text): the table (or with `comparisons`, each method minus baseline with
+    its Welch CI) and, for CSV, the not-averaged listing kept apart."""
     runs = select_runs(load_runs(root), **(select or {}))
     if not runs:
         raise ReportError(f"no runs under '{root}' (no folder with summary.json, failed.json, "
@@ -31,7 +32,7 @@ def build_report(root: str | os.PathLike, fmt: str = "md", table: int | None = N
         augs, methods = TABLE_FILTERS[table]
         raise ReportError(f"no finished runs for Table {table} (aug {'/'.join(augs)}, method "
                           f"{'/'.join(methods)}); drop --table to see the {len(rows)} groups")
-    text = format_table(rows, fmt, table)
+    text = format_comparisons(rows, fmt, table) if comparisons else format_table(rows, fmt, table)
     notes = [n for r in shown for n in r.notes]
     side = format_pending(runs, fmt, root, notes)
     if fmt == "csv":
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
             n = plot_curves(args.runs_dir, args.curves, runs=runs)
             print(f"wrote {args.curves} ({n} curves)", file=sys.stderr)
             return 0
-        text, side = build_report(args.runs_dir, args.format, args.table, select)
+        text, side = build_report(args.runs_dir, args.format, args.table, select, args.compare)
         if args.out:
             atomic_write(args.out, lambda fh: fh.write(text.encode("utf-8")))
         else:
@@ -65,13 +66,17 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m isda_exp.report", description=(
         "Mean and sample std of test_error_last10 across seeds per (dataset, model, aug, "
-        "method), beside the ISDA paper's numbers; or Figure 2's curves with --curves."))
+        "method), beside the ISDA paper's numbers; each method minus baseline with --compare; or "
+        "Figure 2's curves with --curves."))
     p.add_argument("runs_dir", help="folder holding the run directories (searched recursively)")
     p.add_argument("--format", choices=("md", "csv", "tex"), default="md")
     p.add_argument("--table", type=int, choices=sorted(TABLE_FILTERS),
                    help="lay out as the paper's Table 1, 2, 3 or 5")
     p.add_argument("--out", help="write to this file (atomically) instead of stdout")
     p.add_argument("--curves", metavar="OUT.png", help="plot test error per epoch instead")
+    p.add_argument("--compare", action="store_true", help=(
+        "each method minus its cell's baseline: difference of the mean last-10 errors, Welch "
+        "95%% CI and p-value, seeds per arm"))
     p.add_argument("--dataset", action="append", help="keep only this dataset (repeatable)")
     p.add_argument("--model", action="append", help="keep only this model (repeatable)")
     p.add_argument("--aug", action="append", help="keep only this aug (repeatable)")

@@ -12,12 +12,14 @@ from typing import Iterable
 
 from isda_exp import paper
 
+from .compare import Comparison, by_method_key, compare
 from .groups import DATASET_ORDER, Row, _order
 from .runs import Run
 
 CSV_COLUMNS = ("dataset", "model", "aug", "method", "seeds", "error_mean", "error_std",
                "paper_mean", "paper_std")
-CSV_EXTRA = ("diff", "smoke")
+CSV_EXTRA = ("diff", "vs_baseline", "vs_baseline_ci_low", "vs_baseline_ci_high", "vs_baseline_p",
+             "baseline_seeds", "smoke")
 SMOKE_TEXT = ("SMOKE TABLE: miniature runs ({epochs}, subsets/synthetic data) "
               "-- not comparable to the paper")
 MISSING = "—"
@@ -48,19 +50,69 @@ def format_table(rows: list[Row], fmt: str = "md", table: int | None = None) -> 
         raise ValueError(f"unknown format {fmt!r}; use md, csv or tex")
     if table is not None and table not in TABLE_FILTERS:
         raise ValueError(f"unknown table {table!r}; use 1, 2, 3 or 5")
+    comparisons = by_method_key(compare(rows))
     rows = table_rows(rows, table)
     if table in (3, 5):  # one row per method, beside the numbers each table prints
         from .table35 import grid, to_csv
 
         if fmt == "csv":
             return to_csv(table, rows)
-        banner = smoke_banner(rows)
-        return _markdown(grid(table, rows), banner) if fmt == "md" else _latex(grid(table, rows), banner)
+        return _render(grid(table, rows), fmt, smoke_banner(rows))
     if fmt == "csv":
-        return _csv(rows)
-    grid = {None: _long_grid, 1: _table1_grid, 2: _table2_grid}[table](rows)
-    banner = smoke_banner(rows)
+        return _csv(rows, comparisons)
+    grid = {None: _long_grid, 1: _table1_grid, 2: _table2_grid}[table](rows, comparisons)
+    return _render(grid, fmt, smoke_banner(rows))
+
+
+def format_comparisons(rows: list[Row], fmt: str = "md", table: int | None = None) -> str:
+    """Each method minus its cell's baseline: difference, Welch 95% CI, p, seeds per arm."""
+    comparisons = [c for c in compare(rows) if c.method in table_rows(rows, table)]
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(("dataset", "model", "aug", "method", "reference", "seeds", "reference_seeds",
+                         "diff", "ci_low", "ci_high", "p_value", "df", "note"))
+        for c in comparisons:
+            r, w = c.method, c.result
+            nums = ["", "", "", "", ""] if w is None else [
+                f"{w.diff:.4f}", f"{w.low:.4f}", f"{w.high:.4f}", f"{w.p_value:.6g}",
+                "" if w.df is None else f"{w.df:.3f}"]
+            writer.writerow([r.dataset, r.model, r.aug, r.method, c.reference.method, r.seeds,
+                             c.reference.seeds, *nums, c.note or ""])
+        return buf.getvalue()
+    names = ("Dataset", "Model", "Aug", "Method", "vs", "Seeds", "Difference", "95% CI", "p")
+    out = []
+    for c in comparisons:
+        r, w = c.method, c.result
+        line = [paper.dataset_name(r.dataset), paper.model_name(r.model), r.aug, r.method,
+                c.reference.method, f"{r.seeds} vs {c.reference.seeds}"]
+        if w is None:
+            line += [c.note, MISSING, MISSING]
+        else:
+            line += [f"{w.diff:+.2f}", f"[{w.low:+.2f}, {w.high:+.2f}]", _p_text(w.p_value)]
+        out.append(line)
+    title = ("Method minus baseline, test error (percentage points): difference of the mean "
+             "last-10-epoch errors, Welch 95% CI and two-sided p (negative = lower error)")
+    grid = _Grid(title, [("", n) for n in names], out, lead=5)
+    return _render(grid, fmt, smoke_banner([c.method for c in comparisons]))
+
+
+def _render(grid: "_Grid", fmt: str, banner: str | None) -> str:
     return _markdown(grid, banner) if fmt == "md" else _latex(grid, banner)
+
+
+def _p_text(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _delta(comparison: Comparison | None) -> str:
+    """The difference to the baseline with its 95% CI and p, for a table cell."""
+    if comparison is None:
+        return MISSING
+    w = comparison.result
+    if w is None:
+        return "n < 2"
+    return f"{w.diff:+.2f} [{w.low:+.2f}, {w.high:+.2f}] p={_p_text(w.p_value)}"
 
 
 def table_rows(rows: list[Row], table: int | None) -> list[Row]:
@@ -110,14 +162,15 @@ def _cells(row: Row | None, published: tuple[float, float | None] | None) -> lis
 
 
 _SUB = ("ours (n)", "paper", "diff")
+_VS = "vs baseline [95% CI]"
 
 
-def _table1_grid(rows: list[Row]) -> _Grid:
+def _table1_grid(rows: list[Row], comparisons: dict) -> _Grid:
     by_key = {r.key: r for r in rows}
     datasets = _present(DATASET_ORDER[:2], {r.dataset for r in rows}, keep_all=True)
     models = _present(tuple(paper.MODEL_NAMES), {r.model for r in rows})
     columns = [("", "Model"), ("", "Method")]
-    columns += [(paper.dataset_name(d), s) for d in datasets for s in _SUB]
+    columns += [(paper.dataset_name(d), s) for d in datasets for s in (*_SUB, _VS)]
     out = []
     for model in models:
         for method in ("baseline", "isda"):
@@ -125,35 +178,40 @@ def _table1_grid(rows: list[Row]) -> _Grid:
             for d in datasets:
                 key = (d, model, "baseline", method)
                 line += _cells(by_key.get(key), paper.paper_number(*key))
+                line.append(_delta(comparisons.get(key)))
             out.append(line)
     title = ("Table 1: test error (%), standard augmentation -- mean ± sample std of the "
              "last-10-epoch error across seeds (n), beside the paper")
     return _Grid(title, columns, out)
 
 
-def _table2_grid(rows: list[Row]) -> _Grid:
+def _table2_grid(rows: list[Row], comparisons: dict) -> _Grid:
     by_key = {r.key: r for r in rows}
     pairs = sorted({(r.dataset, r.model) for r in rows},
                    key=lambda p: _order((p[0], p[1], "", "")))
     columns = [("", "Dataset"), ("", "Model")]
-    columns += [(label, s) for _, _, label in TABLE2_COLUMNS for s in _SUB]
+    columns += [(label, s) for _, method, label in TABLE2_COLUMNS
+                for s in (_SUB if method == "baseline" else (*_SUB, _VS))]
     out = []
     for dataset, model in pairs:
         line = [paper.dataset_name(dataset), paper.model_name(model)]
         for aug, method, _ in TABLE2_COLUMNS:
             key = (dataset, model, aug, method)
             line += _cells(by_key.get(key), paper.paper_number(*key))
+            if method != "baseline":
+                line.append(_delta(comparisons.get(key)))
         out.append(line)
     title = ("Table 2: test error (%) with Cutout / AutoAugment (AA) -- mean ± sample std of "
              "the last-10-epoch error across seeds (n), beside the paper")
     return _Grid(title, columns, out)
 
 
-def _long_grid(rows: list[Row]) -> _Grid:
-    names = ("Dataset", "Model", "Aug", "Method", "Seeds", "Ours", "Paper", "Diff")
+def _long_grid(rows: list[Row], comparisons: dict) -> _Grid:
+    names = ("Dataset", "Model", "Aug", "Method", "Seeds", "Ours", "Paper", "Diff", _VS)
     out = [[paper.dataset_name(r.dataset), paper.model_name(r.model), r.aug, r.method,
             str(r.seeds), _mean_std(r.error_mean, r.error_std),
-            _mean_std(r.paper_mean, r.paper_std), _fmt(r.diff, "+.2f")] for r in rows]
+            _mean_std(r.paper_mean, r.paper_std), _fmt(r.diff, "+.2f"),
+            _delta(comparisons.get(r.key))] for r in rows]
     title = ("Test error (%) per group -- mean ± sample std (n-1) of the last-10-epoch error "
              "across seeds, beside the paper")
     return _Grid(title, [("", n) for n in names], out, lead=4)
@@ -221,7 +279,7 @@ def _spans(columns: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
     return spans
 
 
-def _csv(rows: list[Row]) -> str:
+def _csv(rows: list[Row], comparisons: dict) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_COLUMNS + CSV_EXTRA)
@@ -230,8 +288,13 @@ def _csv(rows: list[Row]) -> str:
         return "" if x is None else f"{x:.4f}"
 
     for r in rows:
+        c = comparisons.get(r.key)
+        w = None if c is None else c.result
+        vs = ["", "", "", ""] if w is None else [num(w.diff), num(w.low), num(w.high),
+                                                 f"{w.p_value:.6g}"]
         writer.writerow([r.dataset, r.model, r.aug, r.method, r.seeds, num(r.error_mean),
                          num(r.error_std), num(r.paper_mean), num(r.paper_std), num(r.diff),
+                         *vs, "" if c is None else c.reference.seeds,
                          "true" if r.smoke else "false"])
     return buf.getvalue()
 
