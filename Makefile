@@ -30,7 +30,7 @@ ARGS ?=
 DRY ?=
 OUT ?= outputs
 
-.PHONY: table1 table2 table1-smoke table2-smoke
+.PHONY: table1 table2 table3 table5 table1-smoke table2-smoke table3-smoke table5-smoke lambda-search lambda-search-smoke
 
 define sweep_then_report  # $(1): table number, $(2): runs dir, $(3): Hydra overrides
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
@@ -38,7 +38,7 @@ define sweep_then_report  # $(1): table number, $(2): runs dir, $(3): Hydra over
 	  $(PY) -m isda_exp -m experiment=table$(1) out_root=$(2) $(3); status=$$?; \
 	  $(PY) -m isda_exp.report $(2) --table $(1) --format md --out $(2).md && \
 	  $(PY) -m isda_exp.report $(2) --table $(1) --format tex --out $(2).tex && \
-	  $(PY) -m isda_exp.report $(2) --format csv --out $(2).csv && \
+	  $(PY) -m isda_exp.report $(2) --table $(1) --format csv --out $(2).csv && \
 	  $(PY) -m isda_exp.report $(2) --curves $(2)_curves.png && cat $(2).md && \
 	  echo "tables: $(2).md $(2).tex $(2).csv  curves: $(2)_curves.png"; \
 	  exit $$(( status || $$? )); fi
@@ -49,6 +49,27 @@ table1:  ## Table 1: every model x CIFAR-10/100 x baseline/ISDA x 3 seeds (full 
 
 table2:  ## Table 2: WRN-28-10 / Shake-Shake with Cutout and AutoAugment, baseline/ISDA x 3 seeds
 	$(call sweep_then_report,2,$(OUT)/table2,$(ARGS))
+
+table5:  ## Table 5 (ablation): WRN-28-10 x CIFAR-10/100 x Basic, identity/diagonal/shared covariance, constant lambda_0, ISDA x 3 seeds
+	$(call sweep_then_report,5,$(OUT)/table5,$(ARGS))
+
+# Table 3 is two sweeps into one folder (experiment=table3: ResNet-110, nine rows; table3_wrn:
+# WRN-28-10 at its recipe's dropout, seven rows), then one report. DRY=1 plans both.
+define table3_sweeps  # $(1): runs dir, $(2): Hydra overrides
+	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan experiment=table3 out_root=$(1) $(2) && \
+	  $(PY) -m isda_exp.plan experiment=table3_wrn out_root=$(1) $(2); else \
+	  $(PY) -m isda_exp -m experiment=table3 out_root=$(1) $(2); s1=$$?; \
+	  $(PY) -m isda_exp -m experiment=table3_wrn out_root=$(1) $(2); s2=$$?; \
+	  $(PY) -m isda_exp.report $(1) --table 3 --format md --out $(1).md && \
+	  $(PY) -m isda_exp.report $(1) --table 3 --format tex --out $(1).tex && \
+	  $(PY) -m isda_exp.report $(1) --table 3 --format csv --out $(1).csv && cat $(1).md && \
+	  echo "tables: $(1).md $(1).tex $(1).csv"; \
+	  exit $$(( s1 || s2 || $$? )); fi
+endef
+
+table3:  ## Table 3: ResNet-110 / WRN-28-10 x CIFAR-10/100 x competing losses, dropout, ISDA x 3 seeds
+	$(call table3_sweeps,$(OUT)/table3,$(ARGS))
 
 # Smoke tables: every cell in miniature on the CPU (1 epoch, 32-image train/test subsets, 2 seeds),
 # the same code path end to end. Synthetic stand-in arrays unless DATA=DIR holds cifar10.npz and
@@ -74,6 +95,45 @@ table1-smoke: smoke-data  ## every Table 1 cell in miniature on the CPU (a SMOKE
 
 table2-smoke: smoke-data  ## every Table 2 cell in miniature on the CPU (a SMOKE table, ~15 min)
 	$(call sweep_then_report,2,$(OUT)/smoke/$(SMOKE_SOURCE)/table2,$(SMOKE_ARGS))
+
+table3-smoke: smoke-data  ## every Table 3 cell in miniature on the CPU (a SMOKE table)
+	$(call table3_sweeps,$(OUT)/smoke/$(SMOKE_SOURCE)/table3,$(SMOKE_ARGS))
+
+table5-smoke: smoke-data  ## every Table 5 cell in miniature on the CPU (a SMOKE table)
+	$(call sweep_then_report,5,$(OUT)/smoke/$(SMOKE_SOURCE)/table5,$(SMOKE_ARGS))
+
+# ------------------------------------------------------------------ the lambda_0 protocol
+# make lambda-search MODEL=m DATASET=d: the paper's choice of lambda_0 on a seeded class-balanced
+# hold-out of 5,000 training images (dataset.validation), over VALUES x SEEDS, then
+# `python -m isda_exp.search` prints each value's mean hold-out error and the chosen one.
+# Any parameter: PARAM=loss.gamma VALUES=0.5,1,2 LOSS=focal. DATA=dir: offline arrays (dir holds
+# <dataset>.npz). DRY=1 plans the runs. Runs go to $(OUT)/search/<dataset>/<model>/<method>/<param>/.
+MODEL ?=
+DATASET ?=
+SEEDS ?= 0,1,2
+LOSS ?=
+PARAM ?= isda.lambda_0
+VALUES ?= 0.1,0.25,0.5,0.75,1.0
+VALIDATION ?= 5000
+SEARCH_DIR = $(OUT)/search/$(DATASET)/$(MODEL)/$(or $(LOSS),isda)/$(PARAM)
+SEARCH_ARGS = model=$(MODEL) dataset=$(DATASET) $(if $(LOSS),loss=$(LOSS) isda=off,isda=on) \
+  dataset.validation=$(VALIDATION) '$(PARAM)=$(VALUES)' seed=$(SEEDS) \
+  $(if $(DATA),'dataset.npz=$(abspath $(DATA))/$${dataset.name}.npz') \
+  'run_name=$(lastword $(subst ., ,$(PARAM)))_$${$(PARAM)}/seed$${seed}' out_root=$(SEARCH_DIR) $(ARGS)
+
+lambda-search:  ## choose lambda_0 (or PARAM) on the 5,000-image hold-out: MODEL=m DATASET=d [SEEDS= VALUES= LOSS= PARAM= DATA= DRY=1]
+	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
+	@test -n "$(MODEL)" -a -n "$(DATASET)" || { echo "error: give MODEL= and DATASET=, e.g. make lambda-search MODEL=resnet110 DATASET=cifar10"; exit 2; }
+	@test -z "$(LOSS)" -o "$(PARAM)" != "isda.lambda_0" || { echo "error: LOSS=$(LOSS) runs without ISDA, so lambda_0 does nothing; give the loss's PARAM= and VALUES=, e.g. PARAM=loss.gamma VALUES=0.5,1,2"; exit 2; }
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan $(SEARCH_ARGS); else \
+	  $(PY) -m isda_exp -m $(SEARCH_ARGS); status=$$?; \
+	  $(PY) -m isda_exp.search $(SEARCH_DIR) --param $(PARAM); exit $$(( status || $$? )); fi
+
+# In miniature: 2 epochs (lambda is 0 in the first), a 100-image hold-out of the smoke data.
+lambda-search-smoke: smoke-data  ## the search in miniature on the CPU (MODEL=resnet32 DATASET=cifar10 unless given)
+	@$(MAKE) --no-print-directory lambda-search MODEL=$(or $(MODEL),resnet32) DATASET=$(or $(DATASET),cifar10) \
+	  SEEDS=$(SMOKE_SEEDS) VALIDATION=100 DATA=$(SMOKE_DATA) OUT=$(OUT)/smoke/$(SMOKE_SOURCE) \
+	  ARGS="trainer.epochs=2 dataset.train_subset=$(SMOKE_SUBSET) trainer.progress=false $(ARGS)"
 
 # ------------------------------------------------------------------ the reduced reproduction
 # make mini: ResNet-32, baseline vs ISDA, 3 seeds, CIFAR-10 and CIFAR-100, an 8,000-image training

@@ -494,8 +494,8 @@ def test_paper_tables_complete():
 def test_paper_isda_never_worse_than_baseline():
     """A property of the published tables that catches swapped or mistyped cells."""
     for (ds, model, aug, method), (mean, _) in paper.PAPER.items():
-        if method == "baseline":
-            continue
+        if method == "baseline" or not method.startswith("isda") or "+" in method:
+            continue  # Table 3's competing losses and dropout rows need not sit between the two
         isda = paper.PAPER[(ds, model, aug, "isda")][0]
         basic = paper.PAPER[(ds, model, aug, "baseline")][0]
         assert isda <= mean <= basic, (ds, model, aug, method)

@@ -29,6 +29,7 @@ class Arrays:
     y_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    eval_split: str = "test"  # "holdout" when x_test/y_test hold dataset.validation training images
 
 
 def mix_seed(*parts: int) -> int:
@@ -41,7 +42,8 @@ def mix_seed(*parts: int) -> int:
 
 def load_cifar(name: str, num_classes: int, root: str | None = None, download: bool = True,
                npz: str | None = None, train_subset: int | None = None,
-               test_subset: int | None = None, subset_seed: int = 0) -> Arrays:
+               test_subset: int | None = None, subset_seed: int = 0,
+               validation: int | None = None) -> Arrays:
     """CIFAR-10/100 from an .npz of the standard arrays, or through torchvision from `root`."""
     if name not in CIFAR_CLASSES:
         raise UserError(f"unknown CIFAR data set {name!r}: use dataset=cifar10 or dataset=cifar100")
@@ -49,7 +51,7 @@ def load_cifar(name: str, num_classes: int, root: str | None = None, download: b
         arrays = read_npz(npz, name, num_classes)
     else:
         arrays = _torchvision_cifar(name, num_classes, root or "data", download)
-    return take_subsets(arrays, train_subset, test_subset, subset_seed)
+    return take_subsets(arrays, train_subset, test_subset, subset_seed, validation)
 
 
 def _torchvision_cifar(name: str, num_classes: int, root: str, download: bool) -> Arrays:
@@ -112,8 +114,15 @@ def _from_numpy(name, num_classes, x_train, y_train, x_test, y_test, source) -> 
     return Arrays(name, num_classes, images(x_train), labels(y_train), images(x_test), labels(y_test))
 
 
-def take_subsets(a: Arrays, train_subset: int | None, test_subset: int | None, seed: int) -> Arrays:
-    """Seeded random subsets (the same for every run seed, so seeds measure training variance)."""
+def take_subsets(a: Arrays, train_subset: int | None, test_subset: int | None, seed: int,
+                 validation: int | None = None) -> Arrays:
+    """Seeded random subsets (the same for every run seed, so seeds measure training variance).
+
+    With `validation` the hold-out replaces the test set first (see hold_out); train_subset then
+    draws from the remaining training images and test_subset from the hold-out.
+    """
+    if validation is not None:
+        a = hold_out(a, validation, seed)
 
     def pick(x, y, n, split, stream):
         if n is None:
@@ -126,19 +135,47 @@ def take_subsets(a: Arrays, train_subset: int | None, test_subset: int | None, s
 
     x_train, y_train = pick(a.x_train, a.y_train, train_subset, "train", 11)
     x_test, y_test = pick(a.x_test, a.y_test, test_subset, "test", 12)
-    return Arrays(a.name, a.num_classes, x_train, y_train, x_test, y_test)
+    return Arrays(a.name, a.num_classes, x_train, y_train, x_test, y_test, a.eval_split)
+
+
+def hold_out(a: Arrays, n: int, seed: int) -> Arrays:
+    """The paper's lambda_0 protocol: n training images, n / C of each class, become the evaluation set.
+
+    Seeded by the subset seed alone (the same hold-out for every run seed); the test set is dropped,
+    so a hold-out run never sees a test image.
+    """
+    n, classes = int(n), a.num_classes
+    if n < 1 or n % classes:
+        raise UserError(f"dataset.validation={n} must be a positive multiple of the {classes} classes "
+                        f"(a class-balanced hold-out), e.g. 5000")
+    per_class = n // classes
+    g = torch.Generator().manual_seed(mix_seed(seed, 13))
+    picked = []
+    for c in range(classes):
+        members = (a.y_train == c).nonzero().flatten()
+        if len(members) <= per_class:
+            raise UserError(f"dataset.validation={n} needs {per_class} images of each class and leaves "
+                            f"none of class {c} to train on ({len(members)} training images); use a "
+                            "smaller dataset.validation")
+        picked.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    held = torch.cat(picked).sort().values
+    keep = torch.ones(len(a.y_train), dtype=torch.bool)
+    keep[held] = False
+    return Arrays(a.name, classes, a.x_train[keep], a.y_train[keep], a.x_train[held], a.y_train[held],
+                  eval_split="holdout")
 
 
 def load_synthetic(name: str = "synthetic", num_classes: int = 10, train_size: int = 2000,
                    test_size: int = 500, data_seed: int = 1234, npz: str | None = None,
                    train_subset: int | None = None, test_subset: int | None = None,
-                   subset_seed: int = 0) -> Arrays:
+                   subset_seed: int = 0, validation: int | None = None) -> Arrays:
     """A learnable 32x32 RGB set: each class has its own colour and stripe pattern, plus noise.
 
     Hard enough that one epoch does not solve it, easy enough that a small net learns it in a few.
     """
     if npz:
-        return take_subsets(read_npz(npz, name, num_classes), train_subset, test_subset, subset_seed)
+        return take_subsets(read_npz(npz, name, num_classes), train_subset, test_subset, subset_seed,
+                            validation)
     rng = np.random.default_rng(data_seed)
     colours = rng.uniform(60, 200, size=(num_classes, 3))
     freqs = rng.uniform(0.15, 0.6, size=num_classes)
@@ -156,7 +193,7 @@ def load_synthetic(name: str = "synthetic", num_classes: int = 10, train_size: i
     x_train, y_train = make(train_size)
     x_test, y_test = make(test_size)
     arrays = _from_numpy(name, num_classes, x_train, y_train, x_test, y_test, source="synthetic")
-    return take_subsets(arrays, train_subset, test_subset, subset_seed)
+    return take_subsets(arrays, train_subset, test_subset, subset_seed, validation)
 
 
 # ---------------------------------------------------------------- batches

@@ -126,3 +126,85 @@ def model_name(model: str) -> str:
 
 def dataset_name(dataset: str) -> str:
     return DATASET_NAMES.get(dataset, dataset)
+
+
+# ------------------------------------------------------------------ Tables 3 and 5 as printed
+# Each table keeps the numbers it prints (Table 5's Basic C100 is 18.58, Table 1's 18.53).
+
+# Table 5, in the paper's row order: (row name, method label, C10, C100).
+TABLE5_ROWS = (
+    ("Basic", "baseline", (3.82, 0.15), (18.58, 0.10)),
+    ("Identity matrix", "isda-identity", *_TABLE5["identity"]),
+    ("Diagonal matrix", "isda-diagonal", *_TABLE5["diagonal"]),
+    ("Single covariance matrix", "isda-shared", *_TABLE5["shared"]),
+    ("Constant lambda_0", "isda-constant", *_TABLE5["constant"]),
+    ("ISDA", "isda", (3.58, 0.15), (17.98, 0.15)),
+)
+TABLE5_MODEL = "wrn28_10"
+
+# Table 3, in the paper's row order: (row name, method, dropout, numbers). method is the runs'
+# method (a loss's name, "baseline", "isda") or None for the generator-based rows, which are not
+# reproduced; dropout None = the model's own (the loss rows), False = none, True = with dropout.
+# numbers: (ResNet-110 C10, C100, Wide-ResNet-28-10 C10, C100), None where the paper prints "-".
+TABLE3_MODELS = ("resnet110", "wrn28_10")
+TABLE3_ROWS = (
+    ("Large Margin", "lsoftmax", None, ((6.46, 0.20), (28.00, 0.09), (3.69, 0.10), (18.48, 0.05))),
+    ("Disturb Label", "disturblabel", None, ((6.61, 0.04), (28.46, 0.32), (3.91, 0.10), (18.56, 0.22))),
+    ("Focal Loss", "focal", None, ((6.68, 0.22), (28.28, 0.32), (3.62, 0.07), (18.22, 0.08))),
+    ("Center Loss", "center", None, ((6.38, 0.20), (27.85, 0.10), (3.76, 0.05), (18.50, 0.25))),
+    ("L_q Loss", "lq", None, ((6.69, 0.07), (28.78, 0.35), (3.78, 0.08), (18.43, 0.37))),
+    ("WGAN", None, None, ((6.63, 0.23), None, (3.81, 0.08), None)),
+    ("CGAN", None, None, ((6.56, 0.14), (28.25, 0.36), (3.84, 0.07), (18.79, 0.08))),
+    ("ACGAN", None, None, ((6.32, 0.12), (28.48, 0.44), (3.81, 0.11), (18.54, 0.05))),
+    ("infoGAN", None, None, ((6.59, 0.12), (27.64, 0.14), (3.81, 0.05), (18.44, 0.10))),
+    ("Basic", "baseline", False, ((6.76, 0.34), (28.67, 0.44), None, None)),
+    ("Basic + Dropout", "baseline", True, ((6.23, 0.11), (27.11, 0.06), (3.82, 0.15), (18.53, 0.07))),
+    ("ISDA", "isda", False, ((6.33, 0.19), (27.57, 0.46), None, None)),
+    ("ISDA + Dropout", "isda", True, ((5.98, 0.20), (26.35, 0.30), (3.58, 0.15), (17.98, 0.15))),
+)
+NOT_REPRODUCED = "not reproduced (needs a trained GAN per class)"
+
+
+def table3_label(method: str | None, dropout: bool | None, model: str) -> str | None:
+    """The method label of a Table 3 row's runs for `model` (None for the generator-based rows).
+
+    Dropout that is the model's recipe (WRN-28-10's 0.3) is the plain label, so WRN's "+ Dropout"
+    rows are its plain baseline/isda runs and its rows without dropout are "+nodropout".
+    """
+    if method is None:
+        return None
+    recipe = RECIPE_DROPOUT.get(model, 0.0)
+    if dropout is None:
+        rate = recipe
+    else:
+        rate = (recipe or 0.5) if dropout else 0.0  # any rate > 0 other than the recipe's: "+dropout"
+    return method_label(method, None, model, rate)
+
+
+def table_number(table: int, dataset: str, model: str, row: str) -> tuple[float, float | None] | None:
+    """The (mean, std) Table 3 or 5 prints for a row name and cell, or None ("-" or no such cell)."""
+    if table not in (3, 5):
+        raise ValueError(f"no printed numbers for table {table!r}; use 3 or 5")
+    if dataset not in ("cifar10", "cifar100"):
+        return None
+    col = ("cifar10", "cifar100").index(dataset)
+    if table == 5:
+        found = [r[2 + col] for r in TABLE5_ROWS if r[0] == row]
+        return found[0] if found and model == TABLE5_MODEL else None
+    found = [r[3] for r in TABLE3_ROWS if r[0] == row]
+    if not found or model not in TABLE3_MODELS:
+        return None
+    return found[0][2 * TABLE3_MODELS.index(model) + col]
+
+
+def _add_table3(table: dict) -> None:
+    """Table 3's loss and dropout cells in PAPER (the long report), beside Tables 1, 2 and 5."""
+    for name, method, dropout, numbers in TABLE3_ROWS:
+        for m, model in enumerate(TABLE3_MODELS):
+            label = table3_label(method, dropout, model)
+            for col, dataset in enumerate(("cifar10", "cifar100")):
+                if label is not None and numbers[2 * m + col] is not None:
+                    table.setdefault((dataset, model, "baseline", label), numbers[2 * m + col])
+
+
+_add_table3(PAPER)

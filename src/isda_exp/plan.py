@@ -52,6 +52,8 @@ def job_cost(cfg) -> dict:
     epochs, _ = run_length(cfg)
     n_train, n_test = FULL_SIZES.get(cfg.dataset.name, (cfg.dataset.get("train_size", 0),
                                                         cfg.dataset.get("test_size", 0)))
+    if cfg.dataset.get("validation"):  # the hold-out comes out of the training set, replaces the test set
+        n_train, n_test = n_train - int(cfg.dataset.validation), int(cfg.dataset.validation)
     n_train = cfg.dataset.train_subset or n_train
     n_test = cfg.dataset.test_subset or n_test
     flops = flops_per_image(cfg.model.net.name, cfg.dataset.num_classes)

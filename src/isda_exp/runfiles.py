@@ -196,7 +196,7 @@ class MetricsLog:
             f.write(_line(row))
         if self.writer is not None:
             for key, value in row.items():
-                if key != "epoch":
+                if key != "epoch" and not isinstance(value, str):  # eval_split is not a scalar
                     self.writer.add_scalar(key, value, row["epoch"])
             self.writer.flush()
 

@@ -325,7 +325,8 @@ class Trainer:
                 tic = time.perf_counter()
                 row = {"epoch": epoch + 1, **self.train_epoch(epoch, resume)}
                 self._check_weights(epoch, len(self.stream))
-                row.update({**self.evaluate(), "lr": self.optimizer.param_groups[0]["lr"]})
+                row.update({**self.evaluate(), "lr": self.optimizer.param_groups[0]["lr"],
+                            "eval_split": self.data.eval_split})
                 self.scheduler.step()
                 row["seconds"] = time.perf_counter() - tic + self.epoch_seconds
                 resume = None
@@ -359,7 +360,8 @@ class Trainer:
             "loss": loss_name(cfg.loss._target_),
             "drop_rate": float(cfg.model.net.get("drop_rate") or 0.0),
             "lambda_0": float(cfg.isda.lambda_0), "train_size": len(self.data.y_train),
-            "test_size": len(self.y_test), "precision": cfg.trainer.precision,
+            "test_size": len(self.y_test), "eval_split": self.data.eval_split,
+            "precision": cfg.trainer.precision,
             "threads": torch.get_num_threads(),
             "wall_time": wall, "torch_version": torch.__version__, "device": device_name(self.device),
         }

@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
         "Figure 2's curves with --curves."))
     p.add_argument("runs_dir", help="folder holding the run directories (searched recursively)")
     p.add_argument("--format", choices=("md", "csv", "tex"), default="md")
-    p.add_argument("--table", type=int, choices=(1, 2), help="lay out as the paper's Table 1 or 2")
+    p.add_argument("--table", type=int, choices=sorted(TABLE_FILTERS),
+                   help="lay out as the paper's Table 1, 2, 3 or 5")
     p.add_argument("--out", help="write to this file (atomically) instead of stdout")
     p.add_argument("--curves", metavar="OUT.png", help="plot test error per epoch instead")
     p.add_argument("--compare", action="store_true", help=(

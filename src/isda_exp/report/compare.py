@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from .groups import Row
+from .runs import HOLDOUT
 
 LEVEL = 0.95
 REFERENCE = "baseline"
@@ -59,14 +60,16 @@ class Comparison:
 
 
 def cell_of(row: Row) -> tuple:
-    """What must match for two rows to be compared: everything but the method."""
-    return row.key[:-1]
+    """What must match for two rows to be compared: everything but the method, and the split."""
+    return row.key[:-1] + (row.method.endswith(HOLDOUT),)
 
 
 def reference_label(method: str) -> str:
     """baseline, or the baseline with the same suffix (e.g. isda+dropout vs baseline+dropout)."""
+    split = HOLDOUT if method.endswith(HOLDOUT) else ""  # hold-out runs against hold-out runs
+    method = method[:len(method) - len(split)]
     suffix = method[method.index("+"):] if "+" in method else ""
-    return REFERENCE + suffix
+    return REFERENCE + suffix + split
 
 
 def compare(rows: list[Row]) -> list[Comparison]:

@@ -25,6 +25,8 @@ FULL_TRAIN_SIZE = 50000
 FULL_TEST_SIZE = 10000
 
 Key = tuple[str, str, str, str]  # (dataset, model, aug, method label)
+HOLDOUT = " (hold-out)"  # ends the method label of runs evaluated on the hold-out (dataset.validation):
+# their numbers never share a cell with test-set numbers, nor sit beside the paper's
 
 
 class ReportError(UserError, ValueError):
@@ -60,6 +62,9 @@ class Run:
             and s["epochs"] < s["recipe_epochs"]
         subset = (_num(s.get("train_size")) is not None and s["train_size"] < FULL_TRAIN_SIZE) \
             or (_num(s.get("test_size")) is not None and s["test_size"] < FULL_TEST_SIZE)
+        if s.get("eval_split") == "holdout":  # the hold-out comes out of the 50,000 training images
+            subset = not (_num(s.get("train_size")) is not None and _num(s.get("test_size")) is not None
+                          and s["train_size"] + s["test_size"] >= FULL_TRAIN_SIZE)
         return bool(short or subset or s.get("dataset") == "synthetic")
 
 
@@ -139,6 +144,7 @@ def _summary_key(summary: dict) -> Key:
     if _num(summary["test_error_last10"]) is None:
         raise ValueError(f"test_error_last10 is {summary['test_error_last10']!r}, not a number")
     label = paper.method_label(str(summary["method"]), summary.get("variant"))
+    label += HOLDOUT if summary.get("eval_split") == "holdout" else ""
     return (str(summary["dataset"]), str(summary["model"]), str(summary["aug"]), label)
 
 
@@ -153,6 +159,7 @@ def _config_key(config: dict | None) -> Key | None:
         else:
             variant = "constant" if isda.get("constant") else isda["loss"].get("covariance")
             label = paper.method_label("isda", variant)
+        label += HOLDOUT if config["dataset"].get("validation") else ""
         return (str(config["dataset"]["name"]), str(config["model"]["name"]),
                 str(config["aug"]["name"]), label)
     except (KeyError, TypeError, AttributeError):

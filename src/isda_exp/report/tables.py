@@ -26,6 +26,9 @@ MISSING = "—"
 TABLE_FILTERS = {
     1: (("baseline",), ("baseline", "isda")),
     2: (("cutout", "autoaugment"), ("baseline", "isda")),
+    3: (("baseline",), tuple(dict.fromkeys(paper.table3_label(me, d, m) for _, me, d, _ in paper.TABLE3_ROWS
+                                           for m in paper.TABLE3_MODELS if me is not None))),
+    5: (("baseline",), tuple(label for _, label, _, _ in paper.TABLE5_ROWS)),
 }
 TABLE2_COLUMNS = (("cutout", "baseline", "Cutout"), ("cutout", "isda", "Cutout+ISDA"),
                   ("autoaugment", "baseline", "AA"), ("autoaugment", "isda", "AA+ISDA"))
@@ -46,9 +49,15 @@ def format_table(rows: list[Row], fmt: str = "md", table: int | None = None) -> 
     if fmt not in ("md", "csv", "tex"):
         raise ValueError(f"unknown format {fmt!r}; use md, csv or tex")
     if table is not None and table not in TABLE_FILTERS:
-        raise ValueError(f"unknown table {table!r}; use 1 or 2")
+        raise ValueError(f"unknown table {table!r}; use 1, 2, 3 or 5")
     comparisons = by_method_key(compare(rows))
     rows = table_rows(rows, table)
+    if table in (3, 5):  # one row per method, beside the numbers each table prints
+        from .table35 import grid, to_csv
+
+        if fmt == "csv":
+            return to_csv(table, rows)
+        return _render(grid(table, rows), fmt, smoke_banner(rows))
     if fmt == "csv":
         return _csv(rows, comparisons)
     grid = {None: _long_grid, 1: _table1_grid, 2: _table2_grid}[table](rows, comparisons)
@@ -107,9 +116,13 @@ def _delta(comparison: Comparison | None) -> str:
 
 
 def table_rows(rows: list[Row], table: int | None) -> list[Row]:
-    """The rows belonging to Table 1 or 2 (aug and method of the cells), all rows for None."""
+    """The rows belonging to Table 1, 2, 3 or 5 (aug and method of the cells), all rows for None."""
     if table is None:
         return list(rows)
+    if table in (3, 5):
+        from .table35 import select
+
+        return select(table, rows)
     augs, methods = TABLE_FILTERS[table]
     return [r for r in rows if r.aug in augs and r.method in methods]
 
