@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from . import runfiles
+from . import distributed, runfiles
 from .augment import normalize
 from .build import (build_criterion, build_data, build_model, build_optimizer, run_length,
                     science_config)
@@ -55,7 +55,10 @@ class Trainer:
         torch.manual_seed(mix_seed(self.seed, 0, 0))
 
         self.data = build_data(cfg)
+        distributed.check_split(self.batch_size, len(self.data.y_train), distributed.world())
         self.net, self.fc = build_model(cfg, self.data.num_classes)
+        if t.get("sync_bn") and distributed.world() > 1:  # else per-rank BN, as the authors ran
+            self.net = distributed.sync_batchnorm(self.net, self.device)
         self.criterion = build_criterion(cfg, self.net.feature_dim, self.data.num_classes)
         self.net.to(self.device)
         self.fc.to(self.device)
@@ -63,7 +66,9 @@ class Trainer:
             self.criterion.to(self.device)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        self.compiled = self._compiled(self.net) if t.compile else None
+        self.ddp = distributed.wrap(distributed.Pair(self.net, self.fc), self.device)  # None: 1 rank
+        self.trained = self.net if self.ddp is None else self.ddp  # what a training step calls
+        self.compiled = self._compiled(self.trained) if t.compile else None
         self.proven_shapes: set[tuple] = set()  # batch shapes whose compiled step has run
         params = list(self.net.parameters()) + list(self.fc.parameters())
         self.optimizer, self.scheduler = build_optimizer(cfg, params, self.epochs)
@@ -73,7 +78,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
         self.stream = TrainStream(self.data, cfg.aug.name, int(cfg.aug.cutout_length),
                                   self.batch_size, self.seed, self.device,
-                                  resolve_workers(t.num_workers))
+                                  resolve_workers(t.num_workers),
+                                  distributed.rank(), distributed.world())
         self.x_test = self.data.x_test.to(self.device)
         self.y_test = self.data.y_test.to(self.device)
 
@@ -90,13 +96,14 @@ class Trainer:
         torch.compile compiles lazily, at the first call of each new shape or mode, so a missing
         compiler shows up here: warn once and go on with the eager model.
         """
-        if self.compiled is None:
-            return self.net(x)
+        eager = self.trained if torch.is_grad_enabled() else self.net
+        if self.compiled is None or eager is not self.trained:  # under DDP the test pass is eager
+            return eager(x)
         try:
             return self.compiled(x)
         except Exception as e:  # compilation failed: the compiled graph has not run
             self._uncompile(e)
-            return self.net(x)
+            return eager(x)
 
     def _uncompile(self, error: Exception) -> None:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
@@ -117,19 +124,23 @@ class Trainer:
     def train_epoch(self, epoch: int) -> dict:
         """One pass over the training set; lambda is fixed within the epoch."""
         self.net.train()
-        torch.manual_seed(mix_seed(self.seed, epoch, 3))  # dropout, shake-shake: a function of the epoch
+        # dropout, shake-shake: a function of the epoch (and of the rank, when several train)
+        ranked = [distributed.rank()] if self.ddp is not None else []
+        torch.manual_seed(mix_seed(self.seed, epoch, 3, *ranked))
         ratio = self.ratio(epoch)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         wrong = torch.zeros((), device=self.device, dtype=torch.int64)
         seen = 0
         bar = tqdm(self.stream.epoch(epoch), total=len(self.stream), leave=False,
-                   desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.cfg.trainer.progress)
+                   desc=f"epoch {epoch + 1}/{self.epochs}",
+                   disable=not self.cfg.trainer.progress or not distributed.is_main())
         for x, y in bar:
             loss, logits = self.train_step(x, y, ratio)
             loss_sum += loss.double() * len(y)
             wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
-        return {"train_loss": loss_sum.item() / seen, "train_error": 100.0 * wrong.item() / seen,
+        loss_sum, wrong, seen = distributed.all_sum(loss_sum, wrong, seen)  # the global batch
+        return {"train_loss": loss_sum / seen, "train_error": 100.0 * wrong / seen,
                 "lambda": ratio}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, ratio: float):
@@ -188,12 +199,14 @@ class Trainer:
         self.net.eval()
         loss_sum, wrong = 0.0, 0
         step = int(self.cfg.trainer.eval_batch_size)
-        for i in range(0, len(self.y_test), step):
-            x, y = self.x_test[i:i + step], self.y_test[i:i + step]
+        lo, hi = distributed.shard(len(self.y_test), distributed.rank(), distributed.world())
+        for i in range(lo, hi, step):  # this rank's contiguous part of the test set
+            x, y = self.x_test[i:min(i + step, hi)], self.y_test[i:min(i + step, hi)]
             with self._autocast():
                 logits = self.fc(self.forward(self._inputs(x))).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             wrong += (logits.argmax(1) != y).sum().item()
+        loss_sum, wrong = distributed.all_sum(loss_sum, wrong)
         n = len(self.y_test)
         return {"test_loss": loss_sum / n, "test_error": 100.0 * wrong / n}
 
@@ -234,8 +247,11 @@ class Trainer:
             self.load_state(ckpt)
             start, history, wall = ckpt["epoch"], ckpt["history"], ckpt["wall_time"]
             log.info(f"resuming {self.run_dir} after epoch {start}/{self.epochs}")
-        (self.run_dir / runfiles.FAILED).unlink(missing_ok=True)
-        metrics = runfiles.MetricsLog(self.run_dir, history, bool(self.cfg.trainer.tensorboard))
+        main = distributed.is_main()  # rank 0 alone writes the run's files
+        if main:
+            (self.run_dir / runfiles.FAILED).unlink(missing_ok=True)
+        metrics = runfiles.MetricsLog(self.run_dir, history, bool(self.cfg.trainer.tensorboard)) \
+            if main else None
         try:
             for epoch in range(start, self.epochs):
                 tic = time.perf_counter()
@@ -245,16 +261,19 @@ class Trainer:
                 row["seconds"] = time.perf_counter() - tic
                 wall += row["seconds"]
                 history.append(row)
-                metrics.append(row)
-                runfiles.save_checkpoint(ckpt_path, self.state(epoch + 1, history, wall))
+                if main:
+                    metrics.append(row)
+                    runfiles.save_checkpoint(ckpt_path, self.state(epoch + 1, history, wall))
                 log.info(f"epoch {epoch + 1}/{self.epochs}  train loss {row['train_loss']:.4f} "
                          f"err {row['train_error']:.2f}%  test loss {row['test_loss']:.4f} "
                          f"err {row['test_error']:.2f}%  lr {row['lr']:.4g}  lambda "
                          f"{row['lambda']:.3f}  {row['seconds']:.1f}s")
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         summary = self.summary(history, wall)
-        runfiles.write_json(self.run_dir / runfiles.SUMMARY, summary)
+        if main:
+            runfiles.write_json(self.run_dir / runfiles.SUMMARY, summary)
         return summary
 
     def summary(self, history: list[dict], wall: float) -> dict:
@@ -269,7 +288,8 @@ class Trainer:
             "variant": None if self.criterion is None else variant_name(cfg.isda),
             "lambda_0": float(cfg.isda.lambda_0), "train_size": len(self.data.y_train),
             "test_size": len(self.y_test), "precision": cfg.trainer.precision,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "world_size": distributed.world(),
+            "sync_bn": bool(cfg.trainer.get("sync_bn")) and distributed.world() > 1,
             "wall_time": wall, "torch_version": torch.__version__, "device": device_name(self.device),
         }
 
