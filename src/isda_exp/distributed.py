@@ -228,8 +228,8 @@ class CPUSyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and world() > 1):
             return super().forward(x)
-        xf = x.float()
-        count = torch.tensor([float(x.numel() // x.shape[1])])
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 under autocast
+        count = torch.tensor([float(x.numel() // x.shape[1])], dtype=xf.dtype)
         total = _AllReduceSum.apply(torch.cat([xf.sum((0, 2, 3)), count]))
         n = total[-1]
         mean = total[:-1] / n
