@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install test test-fast lint-clean
+.PHONY: install test test-fast lint-clean gpu-check
 
 install:  ## create .venv and install the package (editable) with the tested pins
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,9 @@ test:  ## the whole test suite (CPU, about 5-10 minutes on 2 cores)
 
 test-fast:  ## skip the slow tests (real data, long subprocess runs)
 	$(PY) -m pytest -q -m "not slow"
+
+gpu-check:  ## the GPU acceptance check (< 8 min on one H100): JSON + Markdown summary in outputs/gpu_check
+	@PY=$(PY) bash scripts/gpu_check.sh
 
 # ------------------------------------------------------------------ the paper's tables
 # make table1 / table2: the full-recipe sweeps (3 seeds), then the tables (Markdown, LaTeX) and the

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from . import preempt, runfiles
+from . import distributed, preempt, runfiles
 from .build import check_loss, science_config
 from .errors import UserError
 from .runlock import RunLock, RunLocked, record_elsewhere
@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         share_machine(cfg, hc)
+        join_ranks(cfg)
         return run(cfg, run_dir)["test_error_last10"]
     except preempt.Preempted as e:  # checkpoint written and logged: hand the signal on
         preempt.redeliver(e.signum)
@@ -61,6 +62,13 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:
+        if distributed.world() > 1:  # the first rank to fail tells why; the others say they followed
+            if not (run_dir / runfiles.FAILED).exists():
+                with contextlib.suppress(OSError, UserError):
+                    runfiles.write_json(run_dir / runfiles.FAILED, {
+                        "error": f"{type(e).__name__}: {e}", "rank": distributed.rank()})
+            print(distributed.failure_message(e), file=sys.stderr, flush=True)
+            raise
         with contextlib.suppress(OSError, UserError):
             runfiles.write_json(run_dir / runfiles.FAILED, {"error": f"{type(e).__name__}: {e}"})
         raise
@@ -112,7 +120,8 @@ def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
     current = science_config(cfg)
     started = (run_dir / runfiles.CHECKPOINT).exists() or (run_dir / runfiles.SUMMARY).exists()
     if not (started and path.exists()):
-        runfiles.write_json(path, current)
+        if distributed.is_main():
+            runfiles.write_json(path, current)
         return
     stored = runfiles.read_json(path)
     diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _diff(stored, current)]
@@ -127,6 +136,22 @@ def _diff(a, b, prefix=""):
             yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
     elif a != b:
         yield prefix.rstrip("."), a, b
+
+
+def join_ranks(cfg: DictConfig) -> None:
+    """Under torchrun or a Slurm step of several tasks, join the other ranks of this one run.
+
+    Each rank trains on its share of every global batch on its own device; rank 0 alone logs
+    (the others log warnings and errors only, to the console) and writes the run's files.
+    """
+    cfg.device = distributed.setup(str(cfg.device), float(cfg.trainer.get("dist_timeout_s") or 600))
+    if not distributed.is_main():
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if isinstance(handler, logging.FileHandler):
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(logging.WARNING)
 
 
 def share_machine(cfg: DictConfig, hc) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .distributed import shard
 from .errors import UserError
 
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -205,10 +206,14 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
-    """Yields batches of (epoch, index) keys, so worker-side randomness is keyed per image."""
+    """Yields batches of (epoch, index) keys, so worker-side randomness is keyed per image.
 
-    def __init__(self, n: int, batch_size: int, seed: int):
+    Under DDP each rank yields its contiguous part of every global batch (rank, world).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.seed, self.epoch, self.start_batch = n, batch_size, seed, 0, 0
+        self.rank, self.world = rank, world
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """The epoch to serve, from batch `start_batch` on (a run resumed mid-epoch)."""
@@ -217,7 +222,9 @@ class EpochBatchSampler(torch.utils.data.Sampler):
     def __iter__(self):
         order = epoch_order(self.n, self.seed, self.epoch).tolist()
         for i in range(self.start_batch * self.batch_size, self.n, self.batch_size):
-            yield [(self.epoch, j) for j in order[i:i + self.batch_size]]
+            batch = order[i:i + self.batch_size]
+            lo, hi = shard(len(batch), self.rank, self.world)
+            yield [(self.epoch, j) for j in batch[lo:hi]]
 
     def __len__(self):
         return -(-self.n // self.batch_size)
@@ -228,17 +235,19 @@ class TrainStream:
 
     baseline/cutout: the images sit on the device and are cropped, flipped and cut batched there.
     autoaugment: persistent worker processes run the per-image policy ahead of the model.
+    Under DDP (rank, world) every rank yields its contiguous part of each global batch, augmented
+    as one process would augment it: an image's augmentation never depends on the ranks.
     """
 
     def __init__(self, arrays: Arrays, aug_name: str, cutout_length: int, batch_size: int,
-                 seed: int, device: torch.device, num_workers: int):
+                 seed: int, device: torch.device, num_workers: int, rank: int = 0, world: int = 1):
         from .augment import AutoAugmentDataset, BatchAugment
 
         self.n, self.batch_size, self.seed, self.device = len(arrays.y_train), batch_size, seed, device
-        self.loader = None
+        self.loader, self.rank, self.world = None, rank, world
         if aug_name == "autoaugment":
             dataset = AutoAugmentDataset(arrays.x_train, arrays.y_train, seed, cutout_length)
-            self.sampler = EpochBatchSampler(self.n, batch_size, seed)
+            self.sampler = EpochBatchSampler(self.n, batch_size, seed, rank, world)
             self.loader = torch.utils.data.DataLoader(
                 dataset, batch_sampler=self.sampler, num_workers=num_workers,
                 persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
@@ -267,7 +276,11 @@ class TrainStream:
         for b in range(start_batch, len(self)):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             gen.manual_seed(mix_seed(self.seed, epoch, 2, b))
-            yield self.augment(self.x[idx], gen), self.y[idx]
+            x, y = self.augment(self.x[idx], gen), self.y[idx]  # the global batch, on every rank
+            if self.world > 1:
+                lo, hi = shard(len(idx), self.rank, self.world)
+                x, y = x[lo:hi], y[lo:hi]
+            yield x, y
 
 
 def resolve_workers(num_workers) -> int:

@@ -150,9 +150,12 @@ class ISDALoss(nn.Module):
         logits = fc(features)
         if self.training:
             self.update_statistics(features, targets)
-        with _autocast_off(features.device):
-            augmented = self.augmented_logits(logits, fc.weight, targets, ratio)
-            return F.cross_entropy(augmented, targets), logits
+        try:
+            with _autocast_off(features.device):
+                augmented = self.augmented_logits(logits, fc.weight, targets, ratio)
+                return F.cross_entropy(augmented, targets), logits
+        finally:
+            self.__dict__.pop("_present", None)  # valid within this call only
 
     def augmented_logits(self, logits: torch.Tensor, weight: torch.Tensor,
                          targets: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -161,8 +164,12 @@ class ISDALoss(nn.Module):
         with _autocast_off(logits.device):
             if ratio == 0:
                 return logits.to(dtype)
-            classes = torch.unique(targets)
-            cls_list = classes.tolist()
+            present = self.__dict__.pop("_present", None)  # from this step's update, if any
+            if present is not None and present[0] is targets:
+                classes, cls_list = present[1], present[2]  # the same unique(): two syncs fewer
+            else:
+                classes = torch.unique(targets)
+                cls_list = classes.tolist()
             self._check_classes(cls_list)
             q = self._quadratic(weight.to(dtype), classes, cls_list)         # [K, C]
             rows = torch.searchsorted(classes, targets)
@@ -171,11 +178,14 @@ class ISDALoss(nn.Module):
     @torch.no_grad()
     def update_statistics(self, features: torch.Tensor, targets: torch.Tensor) -> None:
         """Merge the batch (gathered over ranks) into counts, means and covariances (Eq. 9-11)."""
+        local = targets
         feats, targets = self._gather(features.detach(), targets)
         classes, m = torch.unique(targets, return_counts=True)
         n = self.counts[classes.clamp(0, len(self.counts) - 1)]  # used once the labels are valid
         cls_list, m_list, n_list = torch.stack([classes, m, n]).tolist()  # one device sync
         self._check_classes(cls_list)
+        # one process: forward's augmented_logits needs the same classes of the same targets
+        self.__dict__["_present"] = (local, classes, cls_list) if targets is local else None
         if self.covariance == "shared":  # one group: every sample counts as class 0
             targets = torch.zeros_like(targets)
             classes, m = targets[:1], m.sum(0, keepdim=True)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from . import preempt, runfiles
+from . import distributed, preempt, runfiles
 from .augment import normalize
 from .build import (build_criterion, build_data, build_model, build_optimizer, run_length,
                     science_config)
@@ -26,6 +26,7 @@ from .losses import loss_name
 log = logging.getLogger("isda_exp")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINITE_CHECK_STEPS = 100  # a non-finite loss is looked for every this many steps (one host sync)
+PAUSE_POLL_STEPS = 10  # under DDP, the ranks agree on a stop or a periodic checkpoint this often
 
 
 class Diverged(UserError):
@@ -63,14 +64,19 @@ class Trainer:
         torch.manual_seed(mix_seed(self.seed, 0, 0))
 
         self.data = build_data(cfg)
+        distributed.check_split(self.batch_size, len(self.data.y_train), distributed.world())
         self.net, self.fc = build_model(cfg, self.data.num_classes)
+        if t.get("sync_bn") and distributed.world() > 1:  # else per-rank BN, as the authors ran
+            self.net = distributed.sync_batchnorm(self.net, self.device)
         self.criterion = build_criterion(cfg, self.net.feature_dim, self.data.num_classes)
         self.net.to(self.device)
         self.fc.to(self.device)
         self.criterion.to(self.device)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
-        self.compiled = self._compiled(self.net) if t.compile else None
+        self.ddp = distributed.wrap(distributed.Pair(self.net, self.fc), self.device)  # None: 1 rank
+        self.trained = self.net if self.ddp is None else self.ddp  # what a training step calls
+        self.compiled = self._compiled(self.trained) if t.compile else None
         self.proven_shapes: set[tuple] = set()  # batch shapes whose compiled step has run
         params = list(self.net.parameters()) + list(self.fc.parameters())
         self.optimizer, self.scheduler = build_optimizer(cfg, params, self.epochs)
@@ -80,7 +86,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
         self.stream = TrainStream(self.data, cfg.aug.name, int(cfg.aug.cutout_length),
                                   self.batch_size, self.seed, self.device,
-                                  resolve_workers(t.num_workers))
+                                  resolve_workers(t.num_workers),
+                                  distributed.rank(), distributed.world())
         self.x_test = self.data.x_test.to(self.device)
         self.y_test = self.data.y_test.to(self.device)
         self.history, self.wall, self.last_save, self.epoch_seconds = [], 0.0, time.monotonic(), 0.0
@@ -98,13 +105,14 @@ class Trainer:
         torch.compile compiles lazily, at the first call of each new shape or mode, so a missing
         compiler shows up here: warn once and go on with the eager model.
         """
-        if self.compiled is None:
-            return self.net(x)
+        eager = self.trained if torch.is_grad_enabled() else self.net
+        if self.compiled is None or eager is not self.trained:  # under DDP the test pass is eager
+            return eager(x)
         try:
             return self.compiled(x)
         except Exception as e:  # compilation failed: the compiled graph has not run
             self._uncompile(e)
-            return self.net(x)
+            return eager(x)
 
     def _uncompile(self, error: Exception) -> None:
         first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
@@ -131,19 +139,24 @@ class Trainer:
         """
         self.net.train()
         if resume is None:  # else the checkpoint restored the RNG as it was at that batch
-            torch.manual_seed(mix_seed(self.seed, epoch, 3))  # dropout, shake-shake: a function of the epoch
+            # dropout, shake-shake: a function of the epoch (and of the rank, when several train)
+            ranked = [distributed.rank()] if self.ddp is not None else []
+            torch.manual_seed(mix_seed(self.seed, epoch, 3, *ranked))
         ratio = self.ratio(epoch)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         wrong = torch.zeros((), device=self.device, dtype=torch.int64)
         seen, first, earlier = 0, 0, 0.0
         if resume is not None:
-            loss_sum += resume["loss_sum"].to(self.device)
-            wrong += resume["wrong"].to(self.device)
-            seen, first, earlier = int(resume["seen"]), int(resume["batch"]), float(resume["seconds"])
+            first, earlier = int(resume["batch"]), float(resume["seconds"])
+            if distributed.is_main():  # the checkpoint holds the global sums: counted once
+                loss_sum += resume["loss_sum"].to(self.device)
+                wrong += resume["wrong"].to(self.device)
+                seen = int(resume["seen"])
         losses = torch.full((len(self.stream),), float("nan"), device=self.device)  # per step, for the report
         tic = time.perf_counter()
         bar = tqdm(self.stream.epoch(epoch, first), total=len(self.stream), initial=first, leave=False,
-                   desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.cfg.trainer.progress)
+                   desc=f"epoch {epoch + 1}/{self.epochs}",
+                   disable=not self.cfg.trainer.progress or not distributed.is_main())
         for b, (x, y) in enumerate(bar, start=first):
             loss, logits = self.train_step(x, y, ratio, epoch, b)
             loss_sum += loss.double() * len(y)
@@ -152,14 +165,14 @@ class Trainer:
             seen += len(y)
             if (b + 1) % FINITE_CHECK_STEPS == 0:
                 self._check_loss(epoch, loss_sum, losses, first, b + 1)
-            if preempt.requested() is not None or self._checkpoint_due():
+            if self._pause_due(b + 1):
                 self._check_loss(epoch, loss_sum, losses, first, b + 1)
-                partial = {"batch": b + 1, "loss_sum": loss_sum.cpu(), "wrong": wrong.cpu(), "seen": seen,
-                           "seconds": earlier + time.perf_counter() - tic}
-                self._save_partial(epoch, partial)
+                self._save_partial(epoch, self._partial(b + 1, loss_sum, wrong, seen,
+                                                        earlier + time.perf_counter() - tic))
         self._check_loss(epoch, loss_sum, losses, first, len(self.stream))
         self.epoch_seconds = earlier  # the part of this epoch trained before a resume
-        return {"train_loss": loss_sum.item() / seen, "train_error": 100.0 * wrong.item() / seen,
+        loss_sum, wrong, seen = distributed.all_sum(loss_sum, wrong, seen)  # the global batch
+        return {"train_loss": loss_sum / seen, "train_error": 100.0 * wrong / seen,
                 "lambda": ratio}
 
     # ------------------------------------------------------------ faults
@@ -195,10 +208,31 @@ class Trainer:
         minutes = self.cfg.trainer.get("checkpoint_minutes")
         return bool(minutes) and time.monotonic() - self.last_save >= 60 * float(minutes)
 
+    def _pause_due(self, done: int) -> bool:
+        """A stop signal or the periodic checkpoint, after `done` steps of the epoch.
+
+        One process polls after every step (a Python check). Under DDP every rank must pause at
+        the same step, so the ranks vote in one small collective every PAUSE_POLL_STEPS steps.
+        """
+        local = preempt.requested() is not None or self._checkpoint_due()
+        if self.ddp is None:
+            return local
+        if done % PAUSE_POLL_STEPS:
+            return False
+        return distributed.all_sum(float(local))[0] > 0
+
+    def _partial(self, batch: int, loss_sum, wrong, seen: int, seconds: float) -> dict:
+        """The epoch so far, for a mid-epoch checkpoint: the sums over every rank's images."""
+        loss_sum, wrong, seen = distributed.all_sum(loss_sum, wrong, seen)
+        return {"batch": batch, "loss_sum": torch.tensor(loss_sum, dtype=torch.float64),
+                "wrong": torch.tensor(int(wrong), dtype=torch.int64), "seen": int(seen),
+                "seconds": seconds}
+
     def _save(self, state: dict, epoch: int, step: int) -> None:
-        """Never replace the last good checkpoint with non-finite weights."""
+        """Never replace the last good checkpoint with non-finite weights. Rank 0 writes."""
         self._check_weights(epoch, step)
-        runfiles.save_checkpoint(self.run_dir / runfiles.CHECKPOINT, state)
+        if distributed.is_main():
+            runfiles.save_checkpoint(self.run_dir / runfiles.CHECKPOINT, state)
         self.last_save = time.monotonic()
 
     def _save_partial(self, epoch: int, partial: dict) -> None:
@@ -208,8 +242,10 @@ class Trainer:
                                 f"{partial['batch']}/{len(self.stream)}")
 
     def _stop_if_requested(self, where: str) -> None:
-        signum = preempt.requested()
-        if signum is None:
+        signum = preempt.requested() or 0
+        if self.ddp is not None:  # every rank stops, on the signal any of them got
+            signum = int(distributed.all_max(signum)[0])
+        if not signum:
             return
         msg = (f"stopped by {preempt.name(signum)} {where}: checkpoint written to "
                f"{self.run_dir / runfiles.CHECKPOINT}; run the same command to resume")
@@ -266,12 +302,14 @@ class Trainer:
         self.net.eval()
         loss_sum, wrong = 0.0, 0
         step = int(self.cfg.trainer.eval_batch_size)
-        for i in range(0, len(self.y_test), step):
-            x, y = self.x_test[i:i + step], self.y_test[i:i + step]
+        lo, hi = distributed.shard(len(self.y_test), distributed.rank(), distributed.world())
+        for i in range(lo, hi, step):  # this rank's contiguous part of the test set
+            x, y = self.x_test[i:min(i + step, hi)], self.y_test[i:min(i + step, hi)]
             with self._autocast():
                 logits = self.fc(self.forward(self._inputs(x))).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             wrong += (logits.argmax(1) != y).sum().item()
+        loss_sum, wrong = distributed.all_sum(loss_sum, wrong)
         n = len(self.y_test)
         return {"test_loss": loss_sum / n, "test_error": 100.0 * wrong / n}
 
@@ -317,9 +355,12 @@ class Trainer:
             where = f"in epoch {start + 1} at batch {resume['batch']}/{len(self.stream)}" if resume \
                 else f"after epoch {start}/{self.epochs}"
             log.info(f"resuming {self.run_dir} {where}")
-        (self.run_dir / runfiles.FAILED).unlink(missing_ok=True)
+        main = distributed.is_main()  # rank 0 alone writes the run's files
+        if main:
+            (self.run_dir / runfiles.FAILED).unlink(missing_ok=True)
         self.history, self.wall, self.last_save = history, wall, time.monotonic()
-        metrics = runfiles.MetricsLog(self.run_dir, history, bool(self.cfg.trainer.tensorboard))
+        metrics = runfiles.MetricsLog(self.run_dir, history, bool(self.cfg.trainer.tensorboard)) \
+            if main else None
         try:
             for epoch in range(start, self.epochs):
                 tic = time.perf_counter()
@@ -332,7 +373,8 @@ class Trainer:
                 resume = None
                 wall += row["seconds"]
                 history.append(row)
-                metrics.append(row)
+                if main:
+                    metrics.append(row)
                 self.wall = wall
                 self._save(self.state(epoch + 1, history, wall), epoch, len(self.stream))
                 log.info(f"epoch {epoch + 1}/{self.epochs}  train loss {row['train_loss']:.4f} "
@@ -342,9 +384,11 @@ class Trainer:
                 if epoch + 1 < self.epochs:  # after the last epoch: finish (the summary is quick)
                     self._stop_if_requested(f"after epoch {epoch + 1}/{self.epochs}")
         finally:
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         summary = self.summary(history, wall)
-        runfiles.write_json(self.run_dir / runfiles.SUMMARY, summary)
+        if main:
+            runfiles.write_json(self.run_dir / runfiles.SUMMARY, summary)
         return summary
 
     def summary(self, history: list[dict], wall: float) -> dict:
@@ -362,7 +406,8 @@ class Trainer:
             "lambda_0": float(cfg.isda.lambda_0), "train_size": len(self.data.y_train),
             "test_size": len(self.y_test), "eval_split": self.data.eval_split,
             "precision": cfg.trainer.precision,
-            "threads": torch.get_num_threads(),
+            "threads": torch.get_num_threads(), "world_size": distributed.world(),
+            "sync_bn": bool(cfg.trainer.get("sync_bn")) and distributed.world() > 1,
             "wall_time": wall, "torch_version": torch.__version__, "device": device_name(self.device),
         }
 

@@ -1,0 +1,256 @@
+"""One run over several processes (DistributedDataParallel), started by torchrun or by Slurm.
+
+`setup()` joins the process group when the environment says this process is one rank of several:
+torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), else those of a
+Slurm step started by srun (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID, the first node of
+SLURM_STEP_NODELIST as the master, a port derived from the job id). Without them (a plain
+`python -m isda_exp`) it does nothing and every helper here answers "one process".
+
+NCCL on CUDA, gloo on the CPU. Every collective has a bounded timeout, so a rank that stops or
+hangs brings the others down with an error instead of leaving them waiting forever.
+"""
+from __future__ import annotations
+
+import atexit
+import datetime
+import logging
+import os
+import re
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .errors import UserError
+
+log = logging.getLogger("isda_exp")
+
+
+def world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Rank 0 (or the one process): the only writer of metrics, checkpoints, summaries, logs."""
+    return rank() == 0
+
+
+def environment(env=os.environ) -> dict | None:
+    """{rank, world, local_rank, master_addr, master_port} of a multi-process launch, else None."""
+    if "WORLD_SIZE" in env and "RANK" in env:  # torchrun (or any env:// launcher)
+        size = int(env["WORLD_SIZE"])
+        if size < 2:
+            return None
+        return {"rank": int(env["RANK"]), "world": size, "local_rank": int(env.get("LOCAL_RANK", 0)),
+                "master_addr": env.get("MASTER_ADDR", "127.0.0.1"),
+                "master_port": int(env.get("MASTER_PORT", 29500))}
+    tasks = env.get("SLURM_STEP_NUM_TASKS")  # set by srun for each task of a step, not by sbatch
+    if tasks and int(tasks) > 1 and "SLURM_PROCID" in env:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") \
+            or env.get("SLURM_NODELIST") or "127.0.0.1"
+        job = int(env.get("SLURM_JOB_ID", 0) or 0)
+        return {"rank": int(env["SLURM_PROCID"]), "world": int(tasks),
+                "local_rank": int(env.get("SLURM_LOCALID", 0)),
+                "master_addr": env.get("MASTER_ADDR") or first_host(nodes),
+                "master_port": int(env.get("MASTER_PORT") or 15000 + job % 20000)}
+    return None
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm node list: 'gpu[003-005,9],cpu1' -> 'gpu003'."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        raise UserError(f"cannot read the Slurm node list {nodelist!r}; set MASTER_ADDR")
+    prefix, ranges = m.groups()
+    return prefix + ranges.split(",")[0].split("-")[0] if ranges else prefix
+
+
+def setup(device: str, timeout_s: float = 600) -> str:
+    """Join the process group if launched as several ranks; returns the device this rank uses.
+
+    device auto|cuda -> cuda:LOCAL_RANK (NCCL) when CUDA is present, cpu -> gloo. Idempotent (a
+    sweep runs several jobs in one process).
+    """
+    env = environment()
+    if env is None:
+        return device
+    cuda = device in ("auto", "cuda") and torch.cuda.is_available() or device.startswith("cuda")
+    if device.startswith("cuda:"):
+        raise UserError(f"device={device} under a multi-process launch: each rank uses the GPU of "
+                        "its local rank; use device=auto or device=cuda")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={device} but no CUDA device is available here; use device=cpu or auto")
+    if cuda:
+        index = env["local_rank"] % torch.cuda.device_count()  # one GPU visible per task also works
+        torch.cuda.set_device(index)
+        device = f"cuda:{index}"
+    elif device == "auto":
+        device = "cpu"
+    if dist.is_initialized():
+        return device
+    os.environ.setdefault("MASTER_ADDR", env["master_addr"])
+    os.environ.setdefault("MASTER_PORT", str(env["master_port"]))
+    dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", rank=env["rank"],
+                            world_size=env["world"], timeout=datetime.timedelta(seconds=timeout_s))
+    atexit.register(shutdown)
+    return device
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def failure_message(error: BaseException) -> str:
+    """One line for a rank's error; a lost peer says so, since its own error is the cause."""
+    text = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    peer = isinstance(error, getattr(dist, "DistError", ())) or re.search(
+        r"gloo|nccl|connection|closed|timed? ?out|watchdog|peer", str(error), re.I)
+    where = f"rank {rank()} of {world()}"
+    if peer:
+        return (f"error: {where} stopped because another rank failed or stopped ({text[:300]}); "
+                "the first rank's error is in failed.json and its log")
+    return f"error: {where} failed: {text[:500]}"
+
+
+# ---------------------------------------------------------------- splitting the work
+
+
+def shard(n: int, rank_: int, world_: int) -> tuple[int, int]:
+    """[lo, hi) of rank's contiguous part of n items (sizes differ by at most one)."""
+    base, extra = divmod(n, world_)
+    lo = rank_ * base + min(rank_, extra)
+    return lo, lo + base + (rank_ < extra)
+
+
+def check_split(batch_size: int, train_size: int, world_: int) -> None:
+    """The recipe's batch is the global batch: every rank must get an equal share of every batch
+    (equal shares make DDP's mean of the ranks' mean losses the one-process mean loss)."""
+    if world_ < 2:
+        return
+    if batch_size % world_:
+        raise UserError(f"trainer.batch_size={batch_size} is the global batch and must split evenly "
+                        f"across {world_} ranks; use a batch size divisible by {world_} or another "
+                        "number of processes")
+    last = train_size % batch_size
+    if last % world_:
+        raise UserError(f"the last batch of each epoch holds {last} of the {train_size} training "
+                        f"images, which does not split evenly across {world_} ranks; use a number "
+                        f"of ranks dividing {last}, or a dataset.train_subset leaving a divisible "
+                        "last batch")
+
+
+def all_sum(*values) -> list[float]:
+    """Sum numbers (Python or 0-d tensors) over ranks in one float64 collective; exact for counts
+    below 2**53."""
+    return _all_reduce(values, "sum")
+
+
+def all_max(*values) -> list[float]:
+    """The largest of each number over ranks, in one collective (e.g. a stop signal any rank got)."""
+    return _all_reduce(values, "max")
+
+
+def _all_reduce(values, op: str) -> list[float]:
+    if world() < 2:
+        return [float(v) for v in values]
+    device = torch.device("cuda", torch.cuda.current_device()) \
+        if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device) for v in values])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+# ---------------------------------------------------------------- models
+
+
+class Pair(nn.Module):
+    """The feature extractor and the classifier as one module for DDP: forward gives the features;
+    the loss (ISDA's or cross-entropy) uses the classifier itself, and its gradients are averaged
+    with the network's."""
+
+    def __init__(self, net: nn.Module, fc: nn.Module):
+        super().__init__()
+        self.net, self.fc = net, fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def wrap(module: nn.Module, device: torch.device) -> nn.Module | None:
+    """DistributedDataParallel around `module` when several ranks run, else None.
+
+    Buffers (BatchNorm running statistics) are broadcast from rank 0 at each training forward,
+    as the authors' DataParallel kept the first replica's.
+    """
+    if world() < 2:
+        return None
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """BatchNorm over the global batch: torch's SyncBatchNorm on CUDA, CPUSyncBatchNorm2d on the
+    CPU (torch's supports GPUs only). The parameters and buffers are kept (same tensors)."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            new = CPUSyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats)
+            new.weight, new.bias = child.weight, child.bias
+            new.running_mean, new.running_var = child.running_mean, child.running_var
+            new.num_batches_tracked = child.num_batches_tracked
+            setattr(module, name, new)
+        else:
+            sync_batchnorm(child, device)
+    return module
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; the gradient of every rank's input is the sum of all ranks' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class CPUSyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the batch over all ranks (gloo).
+
+    Two differentiable all-reduces (sum, then centred sum of squares): the gradient flows through
+    the global statistics to every rank's inputs, as in torch's CUDA SyncBatchNorm.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and world() > 1):
+            return super().forward(x)
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 under autocast
+        count = torch.tensor([float(x.numel() // x.shape[1])], dtype=xf.dtype)
+        total = _AllReduceSum.apply(torch.cat([xf.sum((0, 2, 3)), count]))
+        n = total[-1]
+        mean = total[:-1] / n
+        centred = xf - mean.view(1, -1, 1, 1)
+        var = _AllReduceSum.apply(centred.square().sum((0, 2, 3))) / n
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
+        if self.affine:
+            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return out.to(x.dtype)
