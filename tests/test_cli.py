@@ -306,5 +306,5 @@ def test_finished_run_says_what_was_averaged(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_error_last10"] == pytest.approx(np.mean([r["test_error"] for r in rows]))
     again = run_cli(*args, cwd=tmp_path)
-    assert "mean of all 3 epochs (the run is shorter than 10)" in again.stdout
+    assert "mean of all 3 epochs; the run is shorter than 10" in again.stdout
     assert "last 10" not in again.stdout

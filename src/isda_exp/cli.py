@@ -107,7 +107,7 @@ def averaged(summary: dict) -> str:
     """What test_error_last10 averages: the last 10 epochs, or all of a shorter run's."""
     n = min(10, int(summary.get("epochs") or 10))
     return "mean of the last 10 epochs" if n == 10 else \
-        f"mean of all {n} epoch{'s' if n != 1 else ''} (the run is shorter than 10)"
+        f"mean of all {n} epoch{'s' if n != 1 else ''}; the run is shorter than 10"
 
 
 def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
