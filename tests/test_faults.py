@@ -24,7 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import run_cli
-from isda_exp import preempt, report, runfiles
+from isda_exp import preempt, report, runfiles, runlock
 from isda_exp.cli import config_dir, run
 from isda_exp.data import TrainStream, load_synthetic
 from isda_exp.errors import UserError
@@ -288,7 +288,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_numbers(tm
     kills = 0
     for trial in range(6):
         proc = start(tmp_path, *args)
-        wait_for(lambda: (run_dir / ".lock").exists() and (run_dir / ".lock").stat().st_size > 0, proc)
+        wait_for(lambda: (runlock.read_holder(run_dir / ".lock") or {}).get("pid") == proc.pid, proc)
         time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is not None:
             break
