@@ -24,7 +24,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import run_cli
-from isda_exp import preempt, report, runfiles
+from isda_exp import preempt, report, runfiles, runlock
 from isda_exp.cli import config_dir, run
 from isda_exp.data import TrainStream, load_synthetic
 from isda_exp.errors import UserError
@@ -239,7 +239,9 @@ def test_checkpoint_minutes_writes_mid_epoch_checkpoints(tmp_path, monkeypatch):
 
 
 def start(cwd: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "isda_exp", *TINY, *args], cwd=cwd, text=True,
+    flags = [a for a in args if a.startswith("-")]  # -m before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.Popen([sys.executable, "-m", "isda_exp", *flags, *TINY, *overrides], cwd=cwd, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -270,7 +272,7 @@ def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, strai
     out, err = proc.communicate(timeout=120)
     if proc.returncode == 0:
         pytest.skip("the run finished before Ctrl-C arrived")
-    assert proc.returncode == 130 and "Traceback" not in out + err and err.strip() == "", out + err
+    assert proc.returncode == 130 and "Traceback" not in out + err and "KeyboardInterrupt" not in err, out + err
     assert out.count("stopped by SIGINT") == 1 and "resuming" in out
 
     proc = run_cli(*TINY, *args, cwd=tmp_path)
@@ -286,7 +288,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_numbers(tm
     kills = 0
     for trial in range(6):
         proc = start(tmp_path, *args)
-        wait_for(lambda: (run_dir / ".lock").exists() and (run_dir / ".lock").stat().st_size > 0, proc)
+        wait_for(lambda: (runlock.read_holder(run_dir / ".lock") or {}).get("pid") == proc.pid, proc)
         time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is not None:
             break
@@ -342,9 +344,9 @@ def test_divergence_mid_run_keeps_the_last_good_checkpoint_and_the_report_does_n
     capsys.readouterr()
     report.main([str(root)])
     out = capsys.readouterr().out
-    assert "diverged" in out and "seed1" in out
-    assert "| 1 |" in out or " 1 " in out  # one seed averaged: the good run only
-    assert "nan" not in out.lower().replace("nan(", "")
+    good_error = json.loads((root / "synthetic/resnet32/baseline/isda/seed2/summary.json").read_text())
+    assert f"| 1 | {good_error['test_error_last10']:.2f} |" in out  # one seed averaged: the good run only
+    assert f"| failed | {RUN} | training diverged in epoch 2/2" in out
 
 
 def test_no_host_sync_per_step(tmp_path, monkeypatch):
@@ -579,8 +581,12 @@ def test_submitit_local_sweep_and_a_preempted_job_is_requeued_and_resumes(tmp_pa
     out, err = launcher.communicate(timeout=900)
     assert launcher.returncode == 0, out + err
     log = (run_dir / "train.log").read_text()
-    assert log.count("stopped by SIGUSR2") == 1 and "resuming" in log and "in epoch" in log, log
+    assert log.count("stopped by SIGUSR2") == 1, log
+    stop = log.index("stopped by SIGUSR2")
+    assert "resuming" in log[stop:] and "at batch" in log[stop:], log  # the requeued job resumed mid-epoch
+    # submitit's own handler got the signal after our checkpoint and requeued the job (exit 144,
+    # restarted by the local controller); its INFO lines are not logged, its WARNING is
     job_logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs/.submitit").rglob("*.err"))
-    assert "Requeued job" in job_logs, job_logs
+    assert "Caught signal SIGUSR2" in job_logs and "this job is preempted" in job_logs, job_logs
     assert final(run_dir) == straight
     assert (tmp_path / "runs/synthetic/resnet32/baseline/isda/seed2/summary.json").exists()

@@ -152,7 +152,7 @@ class Trainer:
                 loss_sum += resume["loss_sum"].to(self.device)
                 wrong += resume["wrong"].to(self.device)
                 seen = int(resume["seen"])
-        losses = torch.full((len(self.stream),), float("nan"), device=self.device)  # per step, for the report
+        losses = torch.full((len(self.stream),), float("nan"), device=self.device)  # per step: names the step that went bad
         tic = time.perf_counter()
         bar = tqdm(self.stream.epoch(epoch, first), total=len(self.stream), initial=first, leave=False,
                    desc=f"epoch {epoch + 1}/{self.epochs}",
