@@ -21,6 +21,7 @@ from isda_exp.build import build_criterion, build_data, build_model, run_length
 from isda_exp.cli import config_dir, run
 from isda_exp.errors import UserError
 from isda_exp.isda import ISDALoss
+from isda_exp.losses import CrossEntropy
 
 CONFIGS = Path(config_dir())
 TINY = ["dataset=synthetic", "dataset.train_size=256", "dataset.test_size=128",
@@ -50,7 +51,7 @@ def without_time(rows: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------ composition
 
 
-@pytest.mark.parametrize("group", ["model", "dataset", "aug", "isda", "trainer"])
+@pytest.mark.parametrize("group", ["model", "dataset", "aug", "isda", "trainer", "loss"])
 def test_every_choice_composes(group):
     names = choices(group)
     assert names, group
@@ -71,7 +72,7 @@ def test_every_isda_choice_builds(isda):
     cfg = composed(f"isda={isda}")
     crit = build_criterion(cfg, feature_dim=64, num_classes=10)
     if isda == "off":
-        assert crit is None
+        assert isinstance(crit, CrossEntropy)  # plain CE is the loss group's default, loss=ce
         return
     assert isinstance(crit, ISDALoss)
     expected = {"on": "full", "constant": "full"}.get(isda, isda)
@@ -176,7 +177,7 @@ def test_cli_isda_off_is_plain_cross_entropy(tmp_path):
     run_dir = tmp_path / "runs/synthetic/resnet32/baseline/baseline/seed0"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == "baseline" and summary["variant"] is None
-    assert torch.load(run_dir / "last.pt", weights_only=False)["isda"] is None
+    assert torch.load(run_dir / "last.pt", weights_only=False)["isda"] == {}  # CE has no state
 
 
 def test_finished_run_is_not_trained_again_and_other_config_is_refused(tmp_path):
@@ -270,7 +271,7 @@ def test_wrong_choice_and_unknown_key_fail_with_hydra_message(tmp_path):
     proc = run_cli("trainer.epochz=3", cwd=tmp_path, check=False)
     assert proc.returncode != 0 and "epochz" in proc.stderr
     proc = run_cli("--help", cwd=tmp_path)
-    for group in ("model:", "dataset:", "aug:", "isda:"):
+    for group in ("model:", "dataset:", "aug:", "isda:", "loss:"):
         assert group in proc.stdout
 
 

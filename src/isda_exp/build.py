@@ -7,6 +7,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from .data import Arrays
 from .errors import UserError
+from .losses import PLAIN_CE, loss_name
+from .paper import RECIPE_DROPOUT
 from .schedule import lr_factor, scaled_milestones
 
 
@@ -36,10 +38,26 @@ def build_model(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, tor
 
 
 def build_criterion(cfg: DictConfig, feature_dim: int, num_classes: int):
-    """ISDALoss for isda=on and its variants; None means plain cross-entropy (isda=off)."""
-    if cfg.isda.loss is None:
-        return None
-    return build(cfg.isda.loss, feature_dim=feature_dim, num_classes=num_classes)
+    """ISDALoss for isda=on and its variants, else the loss group's choice (loss=ce: plain CE).
+
+    Every criterion is called as `loss, logits = criterion(features, fc, targets, ratio,
+    epoch=e, step=s)` (see isda_exp.losses).
+    """
+    check_loss(cfg)
+    if cfg.isda.loss is not None:
+        return build(cfg.isda.loss, feature_dim=feature_dim, num_classes=num_classes)
+    node = OmegaConf.to_container(cfg.loss, resolve=True)
+    node.pop("name", None)  # the method label, not a constructor argument
+    return build(OmegaConf.create(node), feature_dim=feature_dim, num_classes=num_classes)
+
+
+def check_loss(cfg: DictConfig) -> None:
+    """ISDA is its own loss: refuse it together with another loss, before any work."""
+    target = cfg.loss.get("_target_")
+    if cfg.isda.loss is not None and target != PLAIN_CE:
+        name = loss_name(target)
+        raise UserError(f"ISDA ({cfg.isda.name}) is its own loss and cannot be combined with loss={name}; "
+                        f"use isda=off loss={name}, or keep ISDA with loss=ce")
 
 
 def run_length(cfg: DictConfig) -> tuple[int, int]:
@@ -68,8 +86,21 @@ def science_config(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     trainer = c.get("trainer", {})
     keep = {k: trainer.get(k) for k in ("epochs", "batch_size", "precision")}
-    return {"seed": c["seed"], "model": c["model"], "dataset": _without(c["dataset"], ("root", "download", "npz")),
-            "aug": c["aug"], "isda": c["isda"], "trainer": keep}
+    science = {"seed": c["seed"], "model": c["model"],
+               "dataset": _without(c["dataset"], ("root", "download", "npz")),
+               "aug": c["aug"], "isda": c["isda"], "trainer": keep, "loss": c.get("loss")}
+    return _as_stored_before(science)
+
+
+def _as_stored_before(science: dict) -> dict:
+    """Keys added later (the loss group, ResNet dropout) are left out at their defaults, so the
+    science config of a run started before them is unchanged and that run still resumes."""
+    if (science.get("loss") or {}).get("_target_") == PLAIN_CE:
+        science.pop("loss")
+    net = science["model"].get("net", {})
+    if "drop_rate" in net and not net["drop_rate"] and science["model"].get("name") not in RECIPE_DROPOUT:
+        science["model"] = {**science["model"], "net": _without(net, ("drop_rate",))}
+    return science
 
 
 def _without(d: dict, keys) -> dict:

@@ -13,7 +13,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from . import runfiles
-from .build import science_config
+from .build import check_loss, science_config
 from .errors import UserError
 
 log = logging.getLogger("isda_exp")
@@ -50,6 +50,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Train the run in `run_dir`, resuming it, or report it when it has already finished."""
+    check_loss(cfg)  # isda=on with loss=focal, ...: refused before any work
     run_dir.mkdir(parents=True, exist_ok=True)
     check_same_run(cfg, run_dir)
     summary_path = run_dir / runfiles.SUMMARY

@@ -100,7 +100,7 @@ def _autocast_off(device: torch.device):
 
 
 class ISDALoss(nn.Module):
-    """ISDA criterion: `loss, logits = criterion(features, fc, targets, ratio)`.
+    """ISDA criterion: `loss, logits = criterion(features, fc, targets, ratio, epoch=e, step=s)`.
 
     features [N, A] (the pooled penultimate features, with their graph), fc the `nn.Linear(A, C)`
     classifier, targets [N] class indices, ratio = lambda (see `isda_ratio`). Returns the mean
@@ -144,7 +144,8 @@ class ISDALoss(nn.Module):
     # ------------------------------------------------------------------ API
 
     def forward(self, features: torch.Tensor, fc: nn.Module, targets: torch.Tensor,
-                ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+                ratio: float, *, epoch: int = 0, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        # epoch/step: the criterion interface shared with isda_exp.losses; ISDA does not use them
         ratio = self._check(features, fc, targets, ratio)
         logits = fc(features)
         if self.training:

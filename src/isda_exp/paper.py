@@ -93,17 +93,25 @@ TABLE1_MODELS = tuple(_TABLE1)
 TABLE2_MODELS = ("wrn28_10", "shake26_2x32d", "shake26_2x112d")
 
 
-#TMPSHIM-BEGIN
+# Dropout that is part of a model's own recipe (configs/model/*.yaml): running at this rate is
+# the plain method, not "+dropout" (Table 1's WRN-28-10 cells are baseline/isda at 0.3).
 RECIPE_DROPOUT = {"wrn28_10": 0.3}
 
 
-def method_label(method, variant=None, model=None, drop_rate=0.0):
+def method_label(method: str, variant: str | None = None, model: str | None = None,
+                 drop_rate: float | None = 0.0) -> str:
+    """The one label of a run's method: the run directory's method part and the report's group.
+
+    method: "baseline", "isda" or a loss (focal, ...); plain ISDA is "isda" whether variant is
+    None or "full", else "isda-<variant>". "+dropout" is added when drop_rate > 0 differs from the
+    model's recipe rate (Table 3's "Basic + Dropout", "ISDA + Dropout"), "+nodropout" when a
+    recipe's dropout is switched off.
+    """
     label = method if method != "isda" or variant in (None, "full") else f"isda-{variant}"
     rate, recipe = float(drop_rate or 0.0), RECIPE_DROPOUT.get(model, 0.0)
     if rate != recipe:
         label += "+dropout" if rate > 0 else "+nodropout"
     return label
-#TMPSHIM-END
 
 
 def paper_number(dataset: str, model: str, aug: str, method: str) -> tuple[float, float | None] | None:

@@ -21,6 +21,7 @@ from .build import (build_criterion, build_data, build_model, build_optimizer, r
 from .data import TrainStream, mix_seed, resolve_workers
 from .errors import UserError
 from .isda import isda_ratio
+from .losses import loss_name
 
 log = logging.getLogger("isda_exp")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -59,8 +60,7 @@ class Trainer:
         self.criterion = build_criterion(cfg, self.net.feature_dim, self.data.num_classes)
         self.net.to(self.device)
         self.fc.to(self.device)
-        if self.criterion is not None:
-            self.criterion.to(self.device)
+        self.criterion.to(self.device)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
         self.compiled = self._compiled(self.net) if t.compile else None
@@ -124,15 +124,15 @@ class Trainer:
         seen = 0
         bar = tqdm(self.stream.epoch(epoch), total=len(self.stream), leave=False,
                    desc=f"epoch {epoch + 1}/{self.epochs}", disable=not self.cfg.trainer.progress)
-        for x, y in bar:
-            loss, logits = self.train_step(x, y, ratio)
+        for step, (x, y) in enumerate(bar):
+            loss, logits = self.train_step(x, y, ratio, epoch, step)
             loss_sum += loss.double() * len(y)
             wrong += (logits.argmax(1) != y).sum()
             seen += len(y)
         return {"train_loss": loss_sum.item() / seen, "train_error": 100.0 * wrong.item() / seen,
                 "lambda": ratio}
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, ratio: float):
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, ratio: float, epoch: int = 0, step: int = 0):
         """One SGD step on a batch of augmented uint8 images; returns the detached (loss, logits).
 
         The backward pass of a compiled model is compiled at its first run, so the first step of
@@ -141,27 +141,23 @@ class Trainer:
         """
         shape = tuple(x.shape)
         if self.compiled is None or shape in self.proven_shapes:
-            return self._step(x, y, ratio)
+            return self._step(x, y, ratio, epoch, step)
         saved = self._snapshot()
         try:
-            out = self._step(x, y, ratio)
+            out = self._step(x, y, ratio, epoch, step)
         except Exception as e:
             if self.compiled is None:  # the forward already fell back: not a compile error
                 raise
             self._restore(saved)
             self._uncompile(e)
-            return self._step(x, y, ratio)
+            return self._step(x, y, ratio, epoch, step)
         self.proven_shapes.add(shape)
         return out
 
-    def _step(self, x, y, ratio):
+    def _step(self, x, y, ratio, epoch=0, step=0):
         with self._autocast():
             features = self.forward(self._inputs(x))
-            if self.criterion is None:
-                logits = self.fc(features)
-                loss = F.cross_entropy(logits, y)
-            else:
-                loss, logits = self.criterion(features, self.fc, y, ratio)
+            loss, logits = self.criterion(features, self.fc, y, ratio, epoch=epoch, step=step)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -171,15 +167,13 @@ class Trainer:
     def _snapshot(self) -> dict:
         """What a failed first step may have changed before its backward pass."""
         return {"net": {k: v.clone() for k, v in self.net.state_dict().items()},
-                "isda": None if self.criterion is None else
-                {k: v.clone() for k, v in self.criterion.state_dict().items()},
+                "isda": {k: v.clone() for k, v in self.criterion.state_dict().items()},
                 "rng": rng_states()}
 
     def _restore(self, saved: dict) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.net.load_state_dict(saved["net"])
-        if self.criterion is not None:
-            self.criterion.load_state_dict(saved["isda"])
+        self.criterion.load_state_dict(saved["isda"])
         set_rng_states(saved["rng"])
 
     @torch.inference_mode()
@@ -199,7 +193,7 @@ class Trainer:
 
     def ratio(self, epoch: int) -> float:
         isda = self.cfg.isda
-        if self.criterion is None:
+        if isda.loss is None:  # lambda is ISDA's; the other losses ignore it
             return 0.0
         return isda_ratio(float(isda.lambda_0), epoch, self.epochs, constant=bool(isda.constant))
 
@@ -210,7 +204,7 @@ class Trainer:
             "epoch": epoch, "history": history, "wall_time": wall, "config": science_config(self.cfg),
             "model": self.net.state_dict(), "classifier": self.fc.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "isda": self.criterion.state_dict() if self.criterion is not None else None,
+            "isda": self.criterion.state_dict(),  # ISDA's statistics, the centre loss's centres, ...
             "scaler": self.scaler.state_dict(), "rng": rng_states(),
         }
 
@@ -219,7 +213,7 @@ class Trainer:
         self.fc.load_state_dict(ckpt["classifier"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.criterion is not None:
+        if ckpt["isda"] is not None:  # None: a plain-CE checkpoint from before the loss group
             self.criterion.load_state_dict(ckpt["isda"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_states(ckpt["rng"])
@@ -265,8 +259,10 @@ class Trainer:
             "test_error_best": min(errors), "epochs": self.epochs,
             "recipe_epochs": int(cfg.model.recipe.epochs), "batch_size": self.batch_size,
             "seed": self.seed, "dataset": cfg.dataset.name, "model": cfg.model.name,
-            "aug": cfg.aug.name, "method": "baseline" if self.criterion is None else "isda",
-            "variant": None if self.criterion is None else variant_name(cfg.isda),
+            "aug": cfg.aug.name, "method": cfg.loss.name if cfg.isda.loss is None else "isda",
+            "variant": None if cfg.isda.loss is None else variant_name(cfg.isda),
+            "loss": loss_name(cfg.loss._target_),
+            "drop_rate": float(cfg.model.net.get("drop_rate") or 0.0),
             "lambda_0": float(cfg.isda.lambda_0), "train_size": len(self.data.y_train),
             "test_size": len(self.y_test), "eval_split": self.data.eval_split,
             "precision": cfg.trainer.precision,

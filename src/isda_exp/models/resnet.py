@@ -2,12 +2,15 @@
 
 Three stages of 16/32/64 channels with n basic blocks each (depth = 6n + 2); a stride-2 block
 changing width uses a projection shortcut (1x1 conv + BN). SE blocks rescale the residual
-branch's channels (reduction 16) before the addition.
+branch's channels (reduction 16) before the addition. drop_rate > 0 puts dropout between the two
+convolutions of each block, after the first BN-ReLU (the ISDA authors' "+ Dropout" placement, as in
+Wide-ResNet); it has no parameters and uses torch's global RNG.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ._init import init_cifar_weights
 from ._registry import register_model
@@ -34,10 +37,12 @@ class SqueezeExcite(nn.Module):
 
 
 class BasicBlock(nn.Module):
-    """conv3x3-BN-ReLU-conv3x3-BN (+ optional SE) + shortcut, then ReLU."""
+    """conv3x3-BN-ReLU-(dropout)-conv3x3-BN (+ optional SE) + shortcut, then ReLU."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, se_reduction: int | None = None):
+    def __init__(self, cin: int, cout: int, stride: int = 1, se_reduction: int | None = None,
+                 drop_rate: float = 0.0):
         super().__init__()
+        self.drop_rate = drop_rate
         self.conv1, self.bn1 = _conv3x3(cin, cout, stride), nn.BatchNorm2d(cout)
         self.conv2, self.bn2 = _conv3x3(cout, cout), nn.BatchNorm2d(cout)
         self.se = SqueezeExcite(cout, se_reduction) if se_reduction else nn.Identity()
@@ -49,6 +54,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
+        if self.drop_rate:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
         out = self.se(self.bn2(self.conv2(out)))
         return self.relu(out + self.shortcut(x))
 
@@ -57,10 +64,12 @@ class CifarResNet(nn.Module):
     """Feature extractor: stem conv, 3 stages, global average pool -> [N, 64 * width_mult]."""
 
     def __init__(self, depth: int, se_reduction: int | None = None, base_width: int = 16,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, drop_rate: float = 0.0):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (e.g. 32, 110), got {depth}")
+        if not 0.0 <= drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
         n = (depth - 2) // 6
         widths = [base_width, 2 * base_width, 4 * base_width]
         self.stem = nn.Sequential(_conv3x3(3, widths[0]), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True))
@@ -68,7 +77,7 @@ class CifarResNet(nn.Module):
         for stage, cout in enumerate(widths):
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                blocks.append(BasicBlock(cin, cout, stride, se_reduction))
+                blocks.append(BasicBlock(cin, cout, stride, se_reduction, drop_rate))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
