@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -454,3 +455,48 @@ def test_table3_composes_and_runs_in_miniature(tmp_path):
     assert rows["Focal Loss"]["ResNet-32 Synth ours (n)"].endswith("(1)")
     assert rows["ISDA + Dropout"]["ResNet-32 Synth ours (n)"].endswith("(1)")
     assert rows["ISDA"]["ResNet-32 Synth ours (n)"] == "—"
+
+
+@pytest.mark.slow
+def test_table3_smoke_both_sweeps(tmp_path):
+    data = tiny_npz(tmp_path / "data")
+    proc = make("table3-smoke", f"OUT={tmp_path}", f"DATA={data}", "SMOKE_SEEDS=0", "SMOKE_SUBSET=8",
+                "ARGS=dataset=cifar10 method=focal,basic", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    md = (tmp_path / "smoke/real/table3.md").read_text()
+    assert "SMOKE TABLE" in md
+    body = {r[0].split(" -- ")[0]: r for r in md_rows(md, "### Table 3")[1:]}
+    # ResNet-110: focal and Basic; WRN-28-10 (recipe dropout): focal and "Basic + Dropout"
+    assert body["Focal Loss"][1].endswith("(1)") and body["Focal Loss"][7].endswith("(1)")
+    assert body["Basic"][1].endswith("(1)") and body["Basic + Dropout"][7].endswith("(1)")
+    assert body["Basic + Dropout"][1] == "—" and body["Basic"][7] == "—"
+    assert (tmp_path / "smoke/real/table3.csv").exists() and (tmp_path / "smoke/real/table3.tex").exists()
+
+
+def _paper_text() -> str:
+    from conftest import ROOT
+
+    for shared in (ROOT.parent / "shared", ROOT.parent.parent / "shared"):
+        if (shared / "paper" / "isda_paper_summary.txt").is_file():
+            return (shared / "paper" / "isda_paper_summary.txt").read_text()
+    pytest.skip("no ../shared/paper")
+
+
+def _pm(cell: str) -> tuple[float, float] | None:
+    nums = [float(x) for x in re.findall(r"\d+\.\d+", cell)]
+    return None if not nums else (nums[0], nums[1])
+
+
+def test_tables_3_and_5_match_the_paper_text():
+    """Both tables re-read from the paper's text, row by row, in its order."""
+    text = _paper_text()
+    block = text[text.index("Table 3:"):text.index("Table 4:")]
+    lines = [ln.split("\t") for ln in block.splitlines() if ln.count("\t") == 4 and "%" in ln]
+    read = [(re.sub(r"\s*\[\d+\]$", "", ln[0]), tuple(_pm(c) for c in ln[1:])) for ln in lines]
+    assert read == [(name, numbers) for name, _, _, numbers in paper.TABLE3_ROWS]
+    block = text[text.index("Table 5:"):]
+    lines = [ln.split("\t") for ln in block.splitlines() if ln.count("\t") == 2 and "pm" in ln]
+    read = [(ln[0].replace("λ", "lambda"), _pm(ln[1]), _pm(ln[2])) for ln in lines]
+    assert read == [(name, c10, c100) for name, _, c10, c100 in paper.TABLE5_ROWS]
+    assert paper.table_number(5, "cifar100", "wrn28_10", "Basic") == (18.58, 0.10)  # Table 1: 18.53
+    assert paper.paper_number("cifar100", "wrn28_10", "baseline", "baseline") == (18.53, 0.07)
