@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from conftest import run_cli
+from isda_exp import paper
 from isda_exp.data import Arrays, load_synthetic, take_subsets
 from isda_exp.errors import UserError
 
@@ -373,3 +375,128 @@ def test_compare_pairs_holdout_with_holdout_only(tmp_path):
     lines = [ln.split(",") for ln in report_cli(tmp_path, "--compare", "--format", "csv").stdout.splitlines()[1:]]
     assert sorted((ln[3], ln[4], ln[7]) for ln in lines) == [
         ("isda", "baseline", "-0.5000"), ("isda (hold-out)", "baseline (hold-out)", "-0.5000")]
+
+
+def test_table3_layout_rows_labels_and_printed_numbers(tmp_path):
+    r110, wrn = {"model": "resnet110"}, {"model": "wrn28_10"}
+    cells_of(tmp_path, "a", [6.5, 6.7], method="focal", loss="focal", drop_rate=0.0, **r110)
+    cells_of(tmp_path, "b", [6.8], method="baseline", drop_rate=0.0, **r110)
+    cells_of(tmp_path, "c", [6.2, 6.4], method="baseline", drop_rate=0.3, **r110)
+    cells_of(tmp_path, "d", [26.0, 26.4, 26.2], dataset="cifar100", method="isda", drop_rate=0.3, **r110)
+    cells_of(tmp_path, "e", [3.9], method="baseline", drop_rate=0.3, **wrn)  # the recipe's dropout
+    cells_of(tmp_path, "f", [18.4, 18.6], dataset="cifar100", method="lsoftmax", drop_rate=0.3, **wrn)
+    cells_of(tmp_path, "g", [18.3], dataset="cifar100", method="isda", drop_rate=0.0, **wrn)  # no dropout
+    cells_of(tmp_path, "h", [1.0], method="focal", drop_rate=0.0, split="holdout", **r110)
+    proc = report_cli(tmp_path, "--table", "3")
+    assert proc.returncode == 0, proc.stderr
+    header, *body = md_rows(proc.stdout, "### Table 3")
+    assert header[0] == "Method" and len(header) == 13
+    assert [h.rsplit(" ", 2)[0] for h in header[1::3]] == ["ResNet-110 C10", "ResNet-110 C100",
+                                                           "Wide-ResNet-28-10 C10", "Wide-ResNet-28-10 C100"]
+    names = [r[0].split(" -- ")[0] for r in body]
+    assert names == [r[0] for r in paper.TABLE3_ROWS]
+    assert names[:5] == ["Large Margin", "Disturb Label", "Focal Loss", "Center Loss", "L_q Loss"]
+    assert names[9:] == ["Basic", "Basic + Dropout", "ISDA", "ISDA + Dropout"]
+    rows = {n: r for n, r in zip(names, body)}
+    # by hand: means/sample stds 6.60/0.14, 6.80, 6.30/0.14, 26.20/0.20, 3.90, 18.50/0.14, 18.30
+    assert rows["Focal Loss"][1:4] == ["6.60 ± 0.14 (2)", "6.68 ± 0.22", "-0.08"]
+    assert rows["Basic"][1:4] == ["6.80 (1)", "6.76 ± 0.34", "+0.04"]
+    assert rows["Basic + Dropout"][1:4] == ["6.30 ± 0.14 (2)", "6.23 ± 0.11", "+0.07"]
+    assert rows["ISDA + Dropout"][4:7] == ["26.20 ± 0.20 (3)", "26.35 ± 0.30", "-0.15"]
+    assert rows["Basic + Dropout"][7:10] == ["3.90 (1)", "3.82 ± 0.15", "+0.08"]  # WRN at its recipe's 0.3
+    assert rows["Basic"][7:10] == ["—", "—", "—"]  # the paper prints "-": WRN without dropout
+    assert rows["Large Margin"][10:13] == ["18.50 ± 0.14 (2)", "18.48 ± 0.05", "+0.02"]
+    assert rows["ISDA"][10:13] == ["18.30 (1)", "—", "—"]  # ours without dropout; the paper has none
+    assert rows["ISDA + Dropout"][10:13] == ["—", "17.98 ± 0.15", "—"]
+    wgan = rows["WGAN"]
+    assert wgan[0] == "WGAN -- not reproduced (needs a trained GAN per class)"
+    assert wgan[1:7] == ["not reproduced", "6.63 ± 0.23", "—", "not reproduced", "—", "—"]
+    assert rows["infoGAN"][10:12] == ["not reproduced", "18.44 ± 0.10"]
+    assert "1.00" not in proc.stdout  # the hold-out run is in no cell
+
+    lines = report_cli(tmp_path, "--table", "3", "--format", "csv").stdout.splitlines()
+    assert len(lines) == 1 + 13 * 4
+    focal = [ln for ln in lines if ln.startswith("Focal Loss,cifar10,resnet110,")][0].split(",")
+    assert focal[3:6] == ["focal", "2", "6.6000"] and focal[-1] == "true"
+    assert lines[-1].startswith("ISDA + Dropout,cifar100,wrn28_10,isda,0,")
+    assert any(ln.startswith("CGAN,cifar100,wrn28_10,,0,,,18.7900,0.0800,,false,false") for ln in lines)
+    tex = report_cli(tmp_path, "--table", "3", "--format", "tex").stdout
+    assert r"L\_q Loss" in tex and tex.count(r"\\") == 2 + 13
+
+
+def test_table3_plan_is_54_plus_42_distinct_runs(tmp_path):
+    r110 = planned(["experiment=table3", f"out_root={tmp_path}"])
+    wrn = planned(["experiment=table3_wrn", f"out_root={tmp_path}"])
+    assert (len(r110), len(wrn)) == (2 * 9 * 3, 2 * 7 * 3)
+    assert len({r["run"] for r in r110 + wrn}) == 96
+    method = lambda rows, model: sorted({Path(r["run"]).parts[-2] for r in rows if f"/{model}/" in r["run"]})
+    assert method(r110, "resnet110") == sorted(["lsoftmax", "disturblabel", "focal", "center", "lq", "baseline",
+                                                "baseline+dropout", "isda", "isda+dropout"])
+    # WRN-28-10 at its recipe's dropout: plain labels, which Table 3 puts in its "+ Dropout" rows
+    assert method(wrn, "wrn28_10") == sorted(["lsoftmax", "disturblabel", "focal", "center", "lq", "baseline", "isda"])
+
+
+def test_table3_composes_and_runs_in_miniature(tmp_path):
+    """experiment=table3's sweep for two rows (a loss; ISDA + Dropout) on ResNet-32 and tiny data."""
+    run_cli("-m", "experiment=table3", "model=resnet32", "dataset=synthetic", "dataset.train_size=128",
+            "dataset.test_size=32", "trainer.batch_size=64", "trainer.epochs=1", "trainer.progress=false",
+            "trainer.tensorboard=false", "method=focal,isda_dropout", "seed=0", "out_root=t3", cwd=tmp_path)
+    summaries = {p.parent.relative_to(tmp_path / "t3").as_posix(): json.loads(p.read_text())
+                 for p in (tmp_path / "t3").rglob("summary.json")}
+    assert sorted(summaries) == ["synthetic/resnet32/baseline/focal/seed0",
+                                 "synthetic/resnet32/baseline/isda+dropout/seed0"]
+    focal, isda = (summaries[k] for k in sorted(summaries))
+    assert (focal["method"], focal["drop_rate"], isda["method"], isda["drop_rate"]) == ("focal", 0.0, "isda", 0.3)
+    proc = report_cli(tmp_path / "t3", "--table", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert "SMOKE TABLE" in proc.stdout
+    header, *body = md_rows(proc.stdout, "### Table 3")
+    rows = {r[0]: dict(zip(header, r)) for r in body}
+    assert rows["Focal Loss"]["ResNet-32 Synth ours (n)"].endswith("(1)")
+    assert rows["ISDA + Dropout"]["ResNet-32 Synth ours (n)"].endswith("(1)")
+    assert rows["ISDA"]["ResNet-32 Synth ours (n)"] == "—"
+
+
+@pytest.mark.slow
+def test_table3_smoke_both_sweeps(tmp_path):
+    data = tiny_npz(tmp_path / "data")
+    proc = make("table3-smoke", f"OUT={tmp_path}", f"DATA={data}", "SMOKE_SEEDS=0", "SMOKE_SUBSET=8",
+                "ARGS=dataset=cifar10 method=focal,basic", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    md = (tmp_path / "smoke/real/table3.md").read_text()
+    assert "SMOKE TABLE" in md
+    body = {r[0].split(" -- ")[0]: r for r in md_rows(md, "### Table 3")[1:]}
+    # ResNet-110: focal and Basic; WRN-28-10 (recipe dropout): focal and "Basic + Dropout"
+    assert body["Focal Loss"][1].endswith("(1)") and body["Focal Loss"][7].endswith("(1)")
+    assert body["Basic"][1].endswith("(1)") and body["Basic + Dropout"][7].endswith("(1)")
+    assert body["Basic + Dropout"][1] == "—" and body["Basic"][7] == "—"
+    assert (tmp_path / "smoke/real/table3.csv").exists() and (tmp_path / "smoke/real/table3.tex").exists()
+
+
+def _paper_text() -> str:
+    from conftest import ROOT
+
+    for shared in (ROOT.parent / "shared", ROOT.parent.parent / "shared"):
+        if (shared / "paper" / "isda_paper_summary.txt").is_file():
+            return (shared / "paper" / "isda_paper_summary.txt").read_text()
+    pytest.skip("no ../shared/paper")
+
+
+def _pm(cell: str) -> tuple[float, float] | None:
+    nums = [float(x) for x in re.findall(r"\d+\.\d+", cell)]
+    return None if not nums else (nums[0], nums[1])
+
+
+def test_tables_3_and_5_match_the_paper_text():
+    """Both tables re-read from the paper's text, row by row, in its order."""
+    text = _paper_text()
+    block = text[text.index("Table 3:"):text.index("Table 4:")]
+    lines = [ln.split("\t") for ln in block.splitlines() if ln.count("\t") == 4 and "%" in ln]
+    read = [(re.sub(r"\s*\[\d+\]$", "", ln[0]), tuple(_pm(c) for c in ln[1:])) for ln in lines]
+    assert read == [(name, numbers) for name, _, _, numbers in paper.TABLE3_ROWS]
+    block = text[text.index("Table 5:"):]
+    lines = [ln.split("\t") for ln in block.splitlines() if ln.count("\t") == 2 and "pm" in ln]
+    read = [(ln[0].replace("λ", "lambda"), _pm(ln[1]), _pm(ln[2])) for ln in lines]
+    assert read == [(name, c10, c100) for name, _, c10, c100 in paper.TABLE5_ROWS]
+    assert paper.table_number(5, "cifar100", "wrn28_10", "Basic") == (18.58, 0.10)  # Table 1: 18.53
+    assert paper.paper_number("cifar100", "wrn28_10", "baseline", "baseline") == (18.53, 0.07)

@@ -143,7 +143,9 @@ def _summary_key(summary: dict) -> Key:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
     if _num(summary["test_error_last10"]) is None:
         raise ValueError(f"test_error_last10 is {summary['test_error_last10']!r}, not a number")
-    label = paper.method_label(str(summary["method"]), summary.get("variant"))
+    model = str(summary["model"])  # a summary from before drop_rate existed ran the recipe's rate
+    rate = summary.get("drop_rate", paper.RECIPE_DROPOUT.get(model, 0.0))
+    label = paper.method_label(str(summary["method"]), summary.get("variant"), model, rate)
     label += HOLDOUT if summary.get("eval_split") == "holdout" else ""
     return (str(summary["dataset"]), str(summary["model"]), str(summary["aug"]), label)
 
@@ -153,12 +155,13 @@ def _config_key(config: dict | None) -> Key | None:
     if not config:
         return None
     try:
-        isda = config["isda"]
-        if not isda.get("loss"):
-            label = "baseline"
+        isda, model = config["isda"], str(config["model"]["name"])
+        rate = config["model"].get("net", {}).get("drop_rate", paper.RECIPE_DROPOUT.get(model, 0.0))
+        if not isda.get("loss"):  # no ISDA: the loss's name (baseline for cross-entropy)
+            label = paper.method_label(str(isda.get("name") or "baseline"), None, model, rate)
         else:
             variant = "constant" if isda.get("constant") else isda["loss"].get("covariance")
-            label = paper.method_label("isda", variant)
+            label = paper.method_label("isda", variant, model, rate)
         label += HOLDOUT if config["dataset"].get("validation") else ""
         return (str(config["dataset"]["name"]), str(config["model"]["name"]),
                 str(config["aug"]["name"]), label)

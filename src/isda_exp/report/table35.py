@@ -72,12 +72,13 @@ def cells(table: int, rows: list[Row]) -> list[list[Cell]]:
             if table == 5 else
             [(name, lambda m, me=method, d=dropout: paper.table3_label(me, d, m))
              for name, method, dropout, _ in paper.TABLE3_ROWS])
+    datasets = list(DATASETS) + sorted({r.dataset for r in rows} - set(DATASETS))  # e.g. synthetic
     out = []
     for name, label_of in spec:
         line = []
         for model in models(table, rows):
             label = label_of(model)
-            for dataset in DATASETS:
+            for dataset in datasets:
                 ours = by_key.get((dataset, model, "baseline", label)) if label else None
                 line.append(Cell(name, dataset, model, label, ours,
                                  paper.table_number(table, dataset, model, name)))
