@@ -23,8 +23,9 @@ from isda_exp import distributed
 from isda_exp.cli import config_dir
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
+# ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work
 TINY = ["dataset=synthetic", "dataset.train_size=256", "dataset.test_size=128",
-        "trainer.batch_size=64", "trainer.progress=false"]
+        "trainer.batch_size=64", "trainer.progress=false", "+model.net.base_width=4"]
 AUGS = ("baseline", "cutout", "autoaugment")
 
 
@@ -129,7 +130,8 @@ def test_two_ranks_with_sync_bn_equal_one_process_on_the_global_batch(tmp_path):
             assert round(e0["test_error"] * 128 / 100) == round(e["test_error"] * 128 / 100)
             assert e0["train_error"] == e["train_error"]
             assert e0["train_loss"] == pytest.approx(e["train_loss"], rel=1e-9)
-            assert e0["test_loss"] == pytest.approx(e["test_loss"], rel=1e-9)
+            # the test pass takes its loss from float32 logits (by design): float32 rounding
+            assert e0["test_loss"] == pytest.approx(e["test_loss"], rel=1e-6)
             assert e0["lambda"] == e["lambda"]
         assert one["epochs"][1]["lambda"] > 0  # the ISDA term was on in the second epoch
 
@@ -237,8 +239,13 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def workers_of(proc: subprocess.Popen) -> list[int]:
-    path = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    """The rank processes torchrun started (children of any of its threads)."""
+    pids = set()
+    for task in Path(f"/proc/{proc.pid}/task").glob("*"):
+        children = task / "children"
+        if children.exists():
+            pids.update(int(p) for p in children.read_text().split())
+    return sorted(pids)
 
 
 @pytest.mark.slow
