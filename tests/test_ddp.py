@@ -222,7 +222,9 @@ def test_one_rank_raising_brings_the_other_down_quickly_with_a_clear_error(tmp_p
 
 
 def torchrun(*overrides: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    src = str(Path(distributed.__file__).parents[1])  # this checkout's code in every rank
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
     cmd = [str(TORCHRUN), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "isda_exp",
            *TINY, "device=cpu", "trainer.threads=1", "out_root=runs", *overrides]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
