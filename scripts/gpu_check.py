@@ -101,39 +101,69 @@ def generated_data(out: Path) -> Path:
 
 
 def step_runs(args, out: Path) -> dict:
+    """9 runs, the 3 augmentations of a precision at once (ResNet-32 does not fill a big GPU)."""
     npz = generated_data(out)
+    workers = max(1, ((os.cpu_count() or 4) - 3) // 3)  # AutoAugment's share of the cores
     rows = []
-    for aug in AUGS:
-        for precision in PRECISIONS:
+    for precision in PRECISIONS:
+        procs = {}
+        for aug in AUGS:
             root = out / "runs" / f"{aug}-{precision}"  # its own directory: never a resume
-            r = run_cmd([sys.executable, "-m", "isda_exp", "dataset=cifar10", f"dataset.npz={npz}",
-                         "model=resnet32", "isda=on", f"aug={aug}", "trainer.epochs=2",
-                         f"trainer.precision={precision}", "trainer.progress=false",
-                         f"out_root={root}", "device=cuda"], args.budget_run)
-            run_dir = root / "cifar10" / "resnet32" / aug / "isda" / "seed0"
-            check = check_run(run_dir, 2)
-            if r["rc"] != 0:
-                check["problems"].insert(0, f"exit {r['rc']}: {r['tail'][-300:]}")
+            cmd = [sys.executable, "-m", "isda_exp", "dataset=cifar10", f"dataset.npz={npz}",
+                   "model=resnet32", "isda=on", f"aug={aug}", "trainer.epochs=2",
+                   f"trainer.precision={precision}", "trainer.progress=false",
+                   f"trainer.num_workers={workers}", f"out_root={root}", "device=cuda"]
+            procs[aug] = (root, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                                 stderr=subprocess.STDOUT, text=True))
+        for aug, (root, proc) in procs.items():
+            try:
+                tail, rc = proc.communicate(timeout=args.budget_run)[0][-300:], proc.returncode
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                tail, rc = f"timed out after {args.budget_run:.0f} s", None
+            check = check_run(root / "cifar10" / "resnet32" / aug / "isda" / "seed0", 2)
+            if rc != 0:
+                check["problems"].insert(0, f"exit {rc}: {tail}")
                 check["ok"] = False
             rows.append({"aug": aug, "precision": precision, **check})
     return {"ok": all(r["ok"] for r in rows), "rows": rows}
 
 
+BENCH_MODELS = ("resnet32", "resnet110", "wrn28_10")
+BENCH_SETTINGS = ("fp32", "fp32+cl", "bf16+cl", "fp16+cl", "bf16+cl+compile")
+
+
 def step_bench(args, out: Path) -> dict:
+    """The GPU rows of docs/performance.md, one (model, setting) at a time within the budget (what
+    does not fit is listed as not run), then the packing row."""
     bench = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--device", "cuda"]
     quick = ["--steps", "50", "--repeats", "2", "--rounds", "3"]
-    rows = run_cmd([*bench, "--models", "resnet32", "resnet110", "wrn28_10", "--settings", "fp32",
-                    "fp32+cl", "bf16+cl", "fp16+cl", "bf16+cl+compile", *quick,
-                    "--json", str(out / "bench_gpu.json")], args.budget_bench)
-    pack = run_cmd([*bench, "--models", "resnet32", "resnet110", "--settings", "bf16+cl",
-                    "--packing", "1", "2", "4", "--seconds", "10",
-                    "--json", str(out / "bench_packing.json")], args.budget_packing)
-    result = {"ok": rows["rc"] == 0 and pack["rc"] == 0, "rows": [], "packing": [],
-              "bench_tail": rows["tail"][-600:], "packing_tail": pack["tail"][-600:]}
-    for name, key in (("bench_gpu.json", "rows"), ("bench_packing.json", "packing")):
-        path = out / name
-        if path.is_file():
-            result[key] = json.loads(path.read_text()).get(key, [])
+    deadline = time.perf_counter() + args.budget_bench
+    result = {"rows": [], "packing": [], "not_run": [], "failed": []}
+    for setting in BENCH_SETTINGS:  # every model in one setting before the next setting
+        for model in BENCH_MODELS:
+            left = deadline - time.perf_counter()
+            if left < 20:
+                result["not_run"].append(f"{model} {setting}")
+                continue
+            path = out / f"bench_{model}_{setting}.json"
+            r = run_cmd([*bench, "--models", model, "--settings", setting, *quick,
+                         "--json", str(path)], left)
+            if r["rc"] == 0 and path.is_file():
+                result["rows"] += json.loads(path.read_text())["rows"]
+            else:
+                result["failed"].append(f"{model} {setting}: {r['tail'][-200:]}")
+    (out / "bench_gpu.json").write_text(json.dumps({"rows": result["rows"]}, indent=2) + "\n")
+    pack = run_cmd([*bench, "--models", "resnet32", "--settings", "bf16+cl", "--packing", "1", "2",
+                    "4", "--seconds", "10", "--json", str(out / "bench_packing.json")],
+                   args.budget_packing)
+    if pack["rc"] == 0 and (out / "bench_packing.json").is_file():
+        result["packing"] = json.loads((out / "bench_packing.json").read_text()).get("packing", [])
+    else:
+        result["failed"].append(f"packing: {pack['tail'][-200:]}")
+    result["ok"] = not result["failed"]
+    if result["not_run"]:
+        result["result"] = f"not run (time budget): {', '.join(result['not_run'])}"
     return result
 
 
@@ -216,7 +246,8 @@ def summarize(result: dict) -> tuple[str, str]:
           "| step | status | detail |", "|---|---|---|"]
     steps = result.get("steps", {})
     for name, step in steps.items():
-        detail = step.get("error") or step.get("skipped") or step.get("result") or ""
+        detail = step.get("error") or step.get("skipped") or step.get("result") \
+            or "; ".join(step.get("failed", [])) or ""
         md.append(f"| {name} | {status(step.get('ok'))} | {str(detail)[:200]} |")
     runs = steps.get("runs", {}).get("rows", [])
     if runs:
@@ -257,8 +288,8 @@ def main() -> int:
     p.add_argument("--out", default=str(ROOT / "outputs" / "gpu_check"))
     p.add_argument("--steps", nargs="+", default=["tests", "runs", "bench", "ddp", "syncs"])
     p.add_argument("--budget-tests", type=float, default=90)
-    p.add_argument("--budget-run", type=float, default=60, help="seconds per 2-epoch run")
-    p.add_argument("--budget-bench", type=float, default=150)
+    p.add_argument("--budget-run", type=float, default=90, help="seconds per 2-epoch run")
+    p.add_argument("--budget-bench", type=float, default=180, help="seconds for the GPU rows")
     p.add_argument("--budget-packing", type=float, default=60)
     args = p.parse_args()
     reason = no_gpu_reason()
