@@ -368,6 +368,7 @@ def test_resnet_dropout_sits_between_the_convolutions(model):
     torch.manual_seed(1)
     assert torch.equal(a, drop(x))  # torch's global RNG: a function of the seed
     assert not torch.equal(a, drop(x))
+    assert not torch.allclose(a, plain(x))  # training mode differs from evaluation mode
     # placement: conv2 of each block sees dropout(relu(bn1(conv1(x)))): zeros or 2x the activation
     block, seen = drop.blocks[5], {}
     block.conv2.register_forward_pre_hook(lambda mod, inp: seen.__setitem__("in", inp[0].detach()))

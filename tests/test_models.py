@@ -37,8 +37,8 @@ _DENSE = (300, 64, 0.1, 1e-4, "step", [150, 200, 250], 0.1, {})
 _SHAKE = (1800, 64, 0.1, 1e-4, "cosine", [], 1.0, {})
 RECIPES = {
     "resnet32": _RESNET,
-    "resnet110": _RESNET,
-    "se_resnet110": (200, 128, 0.1, 1e-4, "step", [80, 120, 160], 0.1, {}),
+    "resnet110": _RESNET[:-1] + ({"drop_rate": 0.0},),  # model.net.drop_rate: Table 3's "+ Dropout" rows
+    "se_resnet110": (200, 128, 0.1, 1e-4, "step", [80, 120, 160], 0.1, {"drop_rate": 0.0}),
     "wrn16_8": _WRN,
     "wrn28_10": _WRN[:-1] + ({"drop_rate": 0.3},),
     "resnext29_8x64d": (350, 128, 0.05, 5e-4, "step", [150, 225, 300], 0.1, {}),

@@ -13,6 +13,7 @@ float64 when the inputs are float64 (gradcheck).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -27,6 +28,13 @@ DISTURB_STREAM = 4  # mix_seed stream of DisturbLabel's noise (0-3: init, order,
 def _wide(t: torch.Tensor) -> torch.Tensor:
     """float16/bfloat16 -> float32; float32 and float64 as they are."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _autocast_off(device: torch.device):
+    """Leave the caller's autocast, so that matmuls inside a loss run in the widened dtype."""
+    if device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -145,7 +153,8 @@ class LargeMarginSoftmax(Criterion):
                       beta: float) -> torch.Tensor:
         """The logits of the loss: w_j.x (+ b_j), the target column replaced by the margin term."""
         x, w = _wide(features), _wide(weight)
-        dots = x @ w.t()                                                       # [N, C]
+        with _autocast_off(x.device):
+            dots = x @ w.t()                                                   # [N, C]
         dot_y = dots.gather(1, targets[:, None])[:, 0]
         norms = torch.linalg.vector_norm(x, dim=1) * torch.linalg.vector_norm(w, dim=1)[targets]
         cos = dot_y / norms.clamp_min(torch.finfo(norms.dtype).tiny)
