@@ -70,8 +70,8 @@ def record(aug: str, run_dir: Path) -> dict:
     steps, epochs = [], []
     train_step = trainer.train_step
 
-    def recording_step(x, y, ratio):
-        loss, logits = train_step(x, y, ratio)
+    def recording_step(x, y, ratio, *at):  # at: (epoch, step)
+        loss, logits = train_step(x, y, ratio, *at)
         steps.append((x.clone(), y.clone(), float(loss) * len(y)))
         return loss, logits
 
@@ -190,11 +190,11 @@ def failing_worker(rank: int, world: int, port: int, out: str) -> None:
     step = trainer.train_step
     calls = []
 
-    def step_that_fails_on_rank_1(x, y, ratio):
+    def step_that_fails_on_rank_1(x, y, ratio, *at):  # at: (epoch, step)
         calls.append(1)
         if rank == 1 and len(calls) == 2:
             raise ValueError("injected failure on rank 1")
-        return step(x, y, ratio)
+        return step(x, y, ratio, *at)
 
     trainer.train_step = step_that_fails_on_rank_1
     try:
