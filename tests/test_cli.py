@@ -1,6 +1,7 @@
 """The spine end to end: configs compose, the CLI trains and writes its files, resume, bad input."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from conftest import ROOT, run_cli
-from isda_exp import runfiles
+from isda_exp import preempt, runfiles
 from isda_exp.build import build_criterion, build_data, build_model, run_length
 from isda_exp.cli import config_dir, run
 from isda_exp.errors import UserError
@@ -118,9 +120,13 @@ def test_subsets_are_seeded_and_stable():
 
 
 def train_in_process(tmp_path: Path, *overrides: str) -> list[dict]:
+    """One tiny run in this process. Stop signals are left alone here: after test_augment's
+    AutoAugment worker processes, a stray SIGTERM reached the pytest process in one ordering and
+    paused the run (cause not yet found; tests/test_faults.py covers the signal handling)."""
     cfg = composed(*TINY, "dataset.train_size=128", "dataset.test_size=64", "trainer.epochs=2",
                    "trainer.tensorboard=false", *overrides)
-    run(cfg, tmp_path)
+    with mock.patch.object(preempt, "catch_signals", contextlib.nullcontext):
+        run(cfg, tmp_path)
     return read_metrics(tmp_path)
 
 

@@ -81,7 +81,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     """
     check_config(cfg)
     check_loss(cfg)  # isda=on with loss=focal, ...: refused before any work
-    with RunLock(run_dir), preempt.catch_signals():
+    # under DDP the ranks of one run share its directory: rank 0 holds the lock for all of them
+    lock = RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()
+    with lock, preempt.catch_signals():
         runfiles.remove_stray_temps(run_dir)
         return _run_locked(cfg, run_dir)
 
