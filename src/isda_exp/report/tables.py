@@ -66,7 +66,8 @@ def format_table(rows: list[Row], fmt: str = "md", table: int | None = None) -> 
 
 def format_comparisons(rows: list[Row], fmt: str = "md", table: int | None = None) -> str:
     """Each method minus its cell's baseline: difference, Welch 95% CI, p, seeds per arm."""
-    comparisons = [c for c in compare(rows) if c.method in table_rows(rows, table)]
+    shown = {r.key for r in table_rows(rows, table)}
+    comparisons = [c for c in compare(rows) if c.method.key in shown]
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
