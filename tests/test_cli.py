@@ -295,13 +295,22 @@ def test_bad_values(tmp_path):
 
 
 @pytest.mark.slow
-def test_resnet32_one_short_epoch_on_real_cifar10(tmp_path, cifar10_npz):
+def test_resnet32_three_short_epochs_on_real_cifar10(tmp_path, cifar10_npz):
+    """ResNet-32 with ISDA learns real CIFAR-10: 3 epochs of 10,000 images (the scaled schedule
+    drops the LR after the first). Measured here: final error 60.9-66.8% over seeds 0-2, each
+    below its first epoch's 78.7-82.6%. A single epoch at LR 0.1 is too noisy to test on
+    (78-86% over seeds)."""
     proc = run_cli("model=resnet32", "dataset=cifar10", f"dataset.npz={cifar10_npz}", "isda=on",
-                   "trainer.epochs=1", "dataset.train_subset=10000", "trainer.progress=false",
+                   "trainer.epochs=3", "dataset.train_subset=10000", "trainer.progress=false",
+                   "trainer.precision=bf16", "trainer.channels_last=true",
                    "out_root=runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "2"})
-    summary = json.loads((tmp_path / "runs/cifar10/resnet32/baseline/isda/seed0/summary.json").read_text())
+    run = tmp_path / "runs/cifar10/resnet32/baseline/isda/seed0"
+    summary = json.loads((run / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert summary["test_size"] == 10000  # the full test set
-    assert summary["test_error_final"] < 75.0, proc.stdout  # chance is 90%
+    assert summary["test_error_final"] < 72.0, proc.stdout  # chance is 90%
+    assert rows[-1]["test_error"] < rows[0]["test_error"] - 5, proc.stdout
+    assert rows[-1]["lambda"] > 0  # the ISDA term was on
 
 
 def test_finished_run_says_what_was_averaged(tmp_path):

@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from .data import mix_seed
@@ -35,6 +36,13 @@ def _autocast_off(device: torch.device):
     if device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
+
+
+def _ranks() -> tuple[int, int]:
+    """(rank, world) of the default process group; (0, 1) in one process."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -175,7 +183,9 @@ class CenterLoss(Criterion):
     The centres are a buffer (in state_dict, checkpointed), not parameters: SGD does not touch
     them. After the loss is computed with the current centres, each class j present in the
     batch moves by Wen et al.'s rule c_j -= alpha * sum_{i: y_i=j} (c_j - x_i) / (1 + n_j),
-    with the detached features, in training mode only. The centres start at zero.
+    with the detached features, in training mode only. The centres start at zero. Under DDP
+    n_j and the sums are over the global batch (one all-reduce), so every rank keeps the same
+    centres as one process.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, lambda_c: float = 0.003, alpha: float = 0.5):
@@ -201,6 +211,10 @@ class CenterLoss(Criterion):
         x = features.to(self.centers.dtype)
         counts = torch.bincount(targets, minlength=self.num_classes).to(x.dtype)     # n_j
         sums = torch.zeros_like(self.centers).index_add_(0, targets, x)             # sum of x_i
+        if _ranks()[1] > 1:  # the global batch's counts and sums
+            both = torch.cat([counts[:, None], sums], 1)
+            dist.all_reduce(both)
+            counts, sums = both[:, 0], both[:, 1:]
         delta = (counts[:, None] * self.centers - sums) / (1.0 + counts[:, None])   # 0 if absent
         self.centers -= self.alpha * delta
 
@@ -211,7 +225,9 @@ class DisturbLabel(Criterion):
     Each label is, with probability alpha, replaced by a class drawn uniformly from all C, so
     the new label is the true class with probability 1 - (C-1)/C * alpha and each other class
     with alpha/C (the paper's distribution). The draw is a function of (seed, epoch, step)
-    only, so a resumed run disturbs the same labels; only training mode disturbs.
+    only, so a resumed run disturbs the same labels; only training mode disturbs. Under DDP the
+    noise is drawn for the global batch and each rank takes its contiguous part (the trainer's
+    equal shares), so label i of a step is disturbed alike whatever the number of ranks.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, alpha: float = 0.1, seed: int = 0):
@@ -226,9 +242,10 @@ class DisturbLabel(Criterion):
     def disturb(self, targets: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """The disturbed labels of step `step` of epoch `epoch` (drawn on the CPU, then moved)."""
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, DISTURB_STREAM, step))
+        rank, world = _ranks()
         n = len(targets)
-        replace = torch.rand(n, generator=g) < self.alpha
-        drawn = torch.randint(self.num_classes, (n,), generator=g)
+        replace = torch.rand(n * world, generator=g)[rank * n:(rank + 1) * n] < self.alpha
+        drawn = torch.randint(self.num_classes, (n * world,), generator=g)[rank * n:(rank + 1) * n]
         return torch.where(replace.to(targets.device), drawn.to(targets.device), targets)
 
     def loss(self, features, fc, logits, targets, *, epoch, step):
