@@ -6,14 +6,12 @@ the hold-out have their own label and never appear here.
 """
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 
 from isda_exp import paper
 
 from .groups import Row
-from .tables import MISSING, _SUB, _Grid, _mean_std, _fmt
+from .tables import MISSING, _SUB, _Grid, _fmt, _mean_std, csv_text, num
 
 DATASETS = ("cifar10", "cifar100")
 
@@ -120,18 +118,12 @@ CSV_COLUMNS = ("row", "dataset", "model", "method", "seeds", "error_mean", "erro
 
 def to_csv(table: int, rows: list[Row]) -> str:
     """The table in long form, one line per cell, in the paper's row order."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-
-    def num(x):
-        return "" if x is None else f"{x:.4f}"
-
+    lines = []
     for line in cells(table, rows):
         for c in line:
             o, p = c.ours, c.published
-            writer.writerow([c.row, c.dataset, c.model, c.label or "", o.seeds if o else 0,
-                             num(o and o.error_mean), num(o and o.error_std), num(p and p[0]),
-                             num(p and p[1]), num(c.diff), "true" if o and o.smoke else "false",
-                             "false" if c.label is None else "true"])
-    return buf.getvalue()
+            lines.append([c.row, c.dataset, c.model, c.label or "", o.seeds if o else 0,
+                          num(o and o.error_mean), num(o and o.error_std), num(p and p[0]),
+                          num(p and p[1]), num(c.diff), "true" if o and o.smoke else "false",
+                          "false" if c.label is None else "true"])
+    return csv_text(CSV_COLUMNS, lines)

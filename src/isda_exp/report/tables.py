@@ -34,6 +34,20 @@ TABLE2_COLUMNS = (("cutout", "baseline", "Cutout"), ("cutout", "isda", "Cutout+I
                   ("autoaugment", "baseline", "AA"), ("autoaugment", "isda", "AA+ISDA"))
 
 
+def csv_text(header, lines) -> str:
+    """One CSV document (header + lines), the writer every CSV output of the report shares."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(lines)
+    return buf.getvalue()
+
+
+def num(x, spec: str = ".4f") -> str:
+    """A CSV number: empty when missing."""
+    return "" if x is None else format(x, spec)
+
+
 @dataclass
 class _Grid:
     """A table independent of its markup: columns are (group, name); group "" spans nothing."""
@@ -69,18 +83,16 @@ def format_comparisons(rows: list[Row], fmt: str = "md", table: int | None = Non
     shown = {r.key for r in table_rows(rows, table)}
     comparisons = [c for c in compare(rows) if c.method.key in shown]
     if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(("dataset", "model", "aug", "method", "reference", "seeds", "reference_seeds",
-                         "diff", "ci_low", "ci_high", "p_value", "df", "note"))
+        header = ("dataset", "model", "aug", "method", "reference", "seeds", "reference_seeds",
+                  "diff", "ci_low", "ci_high", "p_value", "df", "note")
+        lines = []
         for c in comparisons:
             r, w = c.method, c.result
-            nums = ["", "", "", "", ""] if w is None else [
-                f"{w.diff:.4f}", f"{w.low:.4f}", f"{w.high:.4f}", f"{w.p_value:.6g}",
-                "" if w.df is None else f"{w.df:.3f}"]
-            writer.writerow([r.dataset, r.model, r.aug, r.method, c.reference.method, r.seeds,
-                             c.reference.seeds, *nums, c.note or ""])
-        return buf.getvalue()
+            nums = [""] * 5 if w is None else [num(w.diff), num(w.low), num(w.high),
+                                               num(w.p_value, ".6g"), num(w.df, ".3f")]
+            lines.append([r.dataset, r.model, r.aug, r.method, c.reference.method, r.seeds,
+                          c.reference.seeds, *nums, c.note or ""])
+        return csv_text(header, lines)
     names = ("Dataset", "Model", "Aug", "Method", "vs", "Seeds", "Difference", "95% CI", "p")
     out = []
     for c in comparisons:
@@ -281,23 +293,15 @@ def _spans(columns: list[tuple[str, str]]) -> list[tuple[str, int, int]]:
 
 
 def _csv(rows: list[Row], comparisons: dict) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS + CSV_EXTRA)
-
-    def num(x):
-        return "" if x is None else f"{x:.4f}"
-
+    lines = []
     for r in rows:
         c = comparisons.get(r.key)
         w = None if c is None else c.result
-        vs = ["", "", "", ""] if w is None else [num(w.diff), num(w.low), num(w.high),
-                                                 f"{w.p_value:.6g}"]
-        writer.writerow([r.dataset, r.model, r.aug, r.method, r.seeds, num(r.error_mean),
-                         num(r.error_std), num(r.paper_mean), num(r.paper_std), num(r.diff),
-                         *vs, "" if c is None else c.reference.seeds,
-                         "true" if r.smoke else "false"])
-    return buf.getvalue()
+        vs = [""] * 4 if w is None else [num(w.diff), num(w.low), num(w.high), num(w.p_value, ".6g")]
+        lines.append([r.dataset, r.model, r.aug, r.method, r.seeds, num(r.error_mean),
+                      num(r.error_std), num(r.paper_mean), num(r.paper_std), num(r.diff),
+                      *vs, "" if c is None else c.reference.seeds, "true" if r.smoke else "false"])
+    return csv_text(CSV_COLUMNS + CSV_EXTRA, lines)
 
 
 def format_pending(runs: Iterable[Run], fmt: str = "md", root: str | os.PathLike | None = None,
