@@ -261,10 +261,11 @@ def test_one_rank_raising_brings_the_other_down_quickly_with_a_clear_error(tmp_p
 # ------------------------------------------------------------------ torchrun, end to end
 
 
-def torchrun(*overrides: str, cwd: Path, timeout: float = 300, **popen) -> subprocess.Popen:
+def torchrun(*overrides: str, cwd: Path, path: tuple[str, ...] = (), **popen) -> subprocess.Popen:
+    """torchrun of 2 CPU ranks; `path`: folders put first on every rank's PYTHONPATH."""
     src = str(Path(distributed.__file__).parents[1])  # this checkout's code in every rank
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [*path, src, os.environ.get("PYTHONPATH")]))}
     cmd = [str(TORCHRUN), "--nproc_per_node=2", f"--master_port={free_port()}", "-m", "isda_exp",
            *TINY, "device=cpu", "trainer.threads=1", "out_root=runs", *overrides]
     return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
@@ -368,6 +369,43 @@ def test_torchrun_sigterm_to_one_rank_pauses_every_rank_mid_epoch_and_resumes_ex
         assert got.keys() == want.keys()
         for key, value in want.items():
             assert got[key] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-12)), key
+
+
+INJECT_FAILURE = """
+import os
+if os.environ.get("RANK") == "1":  # torchrun's rank 1 only: its third training step raises
+    from isda_exp import trainer
+    _step, _calls = trainer.Trainer.train_step, []
+
+    def _failing(self, *args, **kwargs):
+        _calls.append(1)
+        if len(_calls) == 3:
+            raise ValueError("injected failure on rank 1")
+        return _step(self, *args, **kwargs)
+
+    trainer.Trainer.train_step = _failing
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_one_rank_failing_ends_the_run_quickly_with_its_error(tmp_path):
+    """A rank that raises ends at once (no orderly teardown that could wait on its peer), so the
+    other rank stops at its next collective: the launch ends in seconds, not at the timeout."""
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(INJECT_FAILURE)
+    (tmp_path / "a").mkdir()
+    tic = time.perf_counter()
+    proc = torchrun("trainer.epochs=2", "trainer.dist_timeout_s=300", cwd=tmp_path / "a",
+                    path=(str(inject),))
+    rc, log = finish(proc, timeout=240)
+    seconds = time.perf_counter() - tic
+    assert rc != 0, log
+    assert "error: rank 1 of 2 failed: ValueError: injected failure on rank 1" in log, log
+    assert seconds < 120, (seconds, log)  # well under the 300 s collective timeout
+    run = tmp_path / "a/runs/synthetic/resnet32/baseline/isda/seed0"
+    assert "injected failure on rank 1" in json.loads((run / "failed.json").read_text())["error"]
+    assert not (run / "summary.json").exists()
 
 
 @pytest.mark.slow

@@ -51,7 +51,7 @@ def main(cfg: DictConfig) -> float | None:
             log.warning(f"running elsewhere: {e}")
             return None
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        distributed.leave(2)
     except UserError as e:
         if multirun:  # the sweep goes on with the other jobs and reports the failures at the end
             if not getattr(e, "recorded", False):
@@ -60,7 +60,7 @@ def main(cfg: DictConfig) -> float | None:
             log.error(f"error: {e}")
             raise
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        distributed.leave(2)
     except Exception as e:
         if distributed.world() > 1:  # the first rank to fail tells why; the others say they followed
             if not (run_dir / runfiles.FAILED).exists():
@@ -68,7 +68,7 @@ def main(cfg: DictConfig) -> float | None:
                     runfiles.write_json(run_dir / runfiles.FAILED, {
                         "error": f"{type(e).__name__}: {e}", "rank": distributed.rank()})
             print(distributed.failure_message(e), file=sys.stderr, flush=True)
-            raise
+            distributed.leave(1)
         with contextlib.suppress(OSError, UserError):
             runfiles.write_json(run_dir / runfiles.FAILED, {"error": f"{type(e).__name__}: {e}"})
         raise

@@ -16,6 +16,7 @@ import datetime
 import logging
 import os
 import re
+import sys
 
 import torch
 import torch.distributed as dist
@@ -103,6 +104,22 @@ def setup(device: str, timeout_s: float = 600) -> str:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def leave(code: int) -> None:
+    """End this rank now after an error, without the process group's orderly teardown.
+
+    destroy_process_group (run at exit) can wait on a collective that a peer will never join, so
+    a failed rank could hold its sockets open until the timeout; ending at once closes them and
+    the other ranks stop at their next collective. The run's files are already closed (the
+    trainer's `finally`); one process simply exits.
+    """
+    if world() < 2:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
 
 
 def failure_message(error: BaseException) -> str:
