@@ -14,7 +14,7 @@ install:  ## create .venv and install the package (editable) with the tested pin
 	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -c requirements.txt -e ".[test,slurm]"
 	$(PY) -c "import torch, torchvision, hydra, isda_exp; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| hydra', hydra.__version__)"
 
-test:  ## the whole test suite (CPU, about 12 minutes on 2 idle cores)
+test:  ## the whole test suite (CPU, about 10 minutes on 2 idle cores)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	$(PY) -m pytest -q
 
