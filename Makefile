@@ -140,7 +140,7 @@ lambda-search-smoke: smoke-data  ## the search in miniature on the CPU (MODEL=re
 
 # ------------------------------------------------------------------ the reduced reproduction
 # make mini: ResNet-32, baseline vs ISDA, 3 seeds, CIFAR-10 and CIFAR-100, an 8,000-image training
-# subset, 20 epochs, bf16 + channels_last (configs/experiment/mini.yaml): 70-85 minutes on 2 CPU
+# subset, 20 epochs, bf16 + channels_last (configs/experiment/mini.yaml): 60-85 minutes on 2 CPU
 # cores. DATA=dir holds cifar10.npz and cifar100.npz (offline); without it torchvision downloads
 # CIFAR into ./data. Ends with the table, the comparison (ISDA - baseline, Welch 95% CI) and the
 # curves, written next to the runs in $(OUT)/mini/. DRY=1 lists the runs and their cost.
@@ -148,7 +148,7 @@ lambda-search-smoke: smoke-data  ## the search in miniature on the CPU (MODEL=re
 MINI_DIR = $(OUT)/mini
 MINI_ARGS = $(if $(DATA),'dataset.npz=$(abspath $(DATA))/$${dataset.name}.npz') $(ARGS)
 
-mini:  ## the reduced real-data reproduction (70-85 minutes on 2 CPU cores)
+mini:  ## the reduced real-data reproduction (60-85 minutes on 2 CPU cores)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	@$(if $(DATA),test -f $(DATA)/cifar10.npz -a -f $(DATA)/cifar100.npz || { echo "error: DATA=$(DATA) must hold cifar10.npz and cifar100.npz (python ../shared/data/unpack_cifar.py cifar10 $(DATA)/cifar10.npz)"; exit 2; })
 	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan experiment=mini out_root=$(MINI_DIR) $(MINI_ARGS); else \
