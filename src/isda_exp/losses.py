@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from . import distributed
 from .data import mix_seed
 
 DISTURB_STREAM = 4  # mix_seed stream of DisturbLabel's noise (0-3: init, order, crops, dropout)
@@ -36,13 +37,6 @@ def _autocast_off(device: torch.device):
     if device.type in ("cpu", "cuda", "xpu", "mps") and torch.is_autocast_enabled(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
     return contextlib.nullcontext()
-
-
-def _ranks() -> tuple[int, int]:
-    """(rank, world) of the default process group; (0, 1) in one process."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -211,7 +205,7 @@ class CenterLoss(Criterion):
         x = features.to(self.centers.dtype)
         counts = torch.bincount(targets, minlength=self.num_classes).to(x.dtype)     # n_j
         sums = torch.zeros_like(self.centers).index_add_(0, targets, x)             # sum of x_i
-        if _ranks()[1] > 1:  # the global batch's counts and sums
+        if distributed.world() > 1:  # the global batch's counts and sums
             both = torch.cat([counts[:, None], sums], 1)
             dist.all_reduce(both)
             counts, sums = both[:, 0], both[:, 1:]
@@ -242,7 +236,7 @@ class DisturbLabel(Criterion):
     def disturb(self, targets: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """The disturbed labels of step `step` of epoch `epoch` (drawn on the CPU, then moved)."""
         g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, DISTURB_STREAM, step))
-        rank, world = _ranks()
+        rank, world = distributed.rank(), distributed.world()
         n = len(targets)
         replace = torch.rand(n * world, generator=g)[rank * n:(rank + 1) * n] < self.alpha
         drawn = torch.randint(self.num_classes, (n * world,), generator=g)[rank * n:(rank + 1) * n]

@@ -91,6 +91,8 @@ class Trainer:
         self.x_test = self.data.x_test.to(self.device)
         self.y_test = self.data.y_test.to(self.device)
         self.history, self.wall, self.last_save, self.epoch_seconds = [], 0.0, time.monotonic(), 0.0
+        minutes = t.get("checkpoint_minutes")  # read once: the step loop polls it after every step
+        self.checkpoint_seconds = 60 * float(minutes) if minutes else None
 
     def _compiled(self, net):
         try:
@@ -205,8 +207,8 @@ class Trainer:
         raise Diverged(msg)
 
     def _checkpoint_due(self) -> bool:
-        minutes = self.cfg.trainer.get("checkpoint_minutes")
-        return bool(minutes) and time.monotonic() - self.last_save >= 60 * float(minutes)
+        return self.checkpoint_seconds is not None and \
+            time.monotonic() - self.last_save >= self.checkpoint_seconds
 
     def _pause_due(self, done: int) -> bool:
         """A stop signal or the periodic checkpoint, after `done` steps of the epoch.
@@ -214,11 +216,11 @@ class Trainer:
         One process polls after every step (a Python check). Under DDP every rank must pause at
         the same step, so the ranks vote in one small collective every PAUSE_POLL_STEPS steps.
         """
+        if self.ddp is not None and done % PAUSE_POLL_STEPS:
+            return False
         local = preempt.requested() is not None or self._checkpoint_due()
         if self.ddp is None:
             return local
-        if done % PAUSE_POLL_STEPS:
-            return False
         return distributed.all_sum(float(local))[0] > 0
 
     def _partial(self, batch: int, loss_sum, wrong, seen: int, seconds: float) -> dict:
