@@ -63,15 +63,15 @@ def pipeline_rate(trainer, min_seconds: float) -> float:
             pass
     drain(0)  # starts persistent workers, first-call costs
     while not elapsed or elapsed < min_seconds:
-        elapsed += timed(lambda: drain(epoch), trainer.device)
-        images += trainer.stream.n
+        elapsed += timed(lambda: drain(epoch), trainer.run.device)
+        images += trainer.stream.num_images
         epoch += 1
     return images / elapsed
 
 
 def warm_up(trainer, steps: int = 3) -> None:
     for _, (x, y) in zip(range(steps), trainer.stream.epoch(0)):
-        trainer.train_step(x, y, 0.5)
+        trainer.engine.train_step(x, y, 0.5)
 
 
 def epoch_vs_compute(trainers: dict, repeats: int) -> dict:
@@ -84,12 +84,12 @@ def epoch_vs_compute(trainers: dict, repeats: int) -> dict:
 
     def compute(trainer, aug):
         for x, y in batches[aug]:
-            trainer.train_step(x, y, trainer.ratio(1))
+            trainer.engine.train_step(x, y, trainer.run.isda_lambda(1))
     times = {aug: ([], []) for aug in trainers}
     for _ in range(repeats):
         for aug, trainer in trainers.items():
-            times[aug][0].append(timed(lambda: trainer.train_epoch(1), trainer.device))
-            times[aug][1].append(timed(lambda: compute(trainer, aug), trainer.device))
+            times[aug][0].append(timed(lambda: trainer.train_epoch(1), trainer.run.device))
+            times[aug][1].append(timed(lambda: compute(trainer, aug), trainer.run.device))
     return {aug: (min(epoch), min(pure)) for aug, (epoch, pure) in times.items()}
 
 

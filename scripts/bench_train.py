@@ -127,19 +127,19 @@ def isda_overhead(trainer, batches, rounds: int) -> dict:
 
     The minimum over rounds is the undisturbed time (other load only adds); medians are kept too.
     """
-    criterion, times = trainer.criterion, {"ce": [], "isda": []}
+    criterion, times = trainer.engine.criterion, {"ce": [], "isda": []}
     from isda_exp.losses import CrossEntropy
 
     plain = CrossEntropy(criterion.feature_dim, criterion.num_classes)  # loss=ce's criterion
     for _ in range(rounds):
         for name in ("ce", "isda"):
-            trainer.criterion = plain if name == "ce" else criterion
+            trainer.engine.criterion = plain if name == "ce" else criterion
 
             def steps():
                 for x, y in batches:
-                    trainer.train_step(x, y, 0.5)
-            times[name].append(timed(steps, trainer.device) / len(batches))
-    trainer.criterion = criterion
+                    trainer.engine.train_step(x, y, 0.5)
+            times[name].append(timed(steps, trainer.run.device) / len(batches))
+    trainer.engine.criterion = criterion
     return {f"{k}_step_ms": 1e3 * min(v) for k, v in times.items()} | \
         {f"{k}_step_ms_median": 1e3 * statistics.median(v) for k, v in times.items()}
 
@@ -149,25 +149,25 @@ def loss_only(trainer, batches, reps: int = 30) -> dict:
     and plain CE, on the model's real features: the exact extra work ISDA adds to a step, measured
     without the noise of the whole step (min over reps)."""
     x, y = batches[0]
-    with torch.no_grad(), trainer._autocast():
-        trainer.net.train()
-        feats = trainer.forward(trainer._inputs(x))
-    crit, fc = trainer.criterion, trainer.fc
+    with torch.no_grad(), trainer.engine.autocast():
+        trainer.engine.net.train()
+        feats = trainer.engine.forward(trainer.engine.inputs(x))
+    crit, fc = trainer.engine.criterion, trainer.engine.fc
 
     def ce():
-        with trainer._autocast():
+        with trainer.engine.autocast():
             loss = torch.nn.functional.cross_entropy(fc(f), y)
         loss.backward()
 
     def isda():
-        with trainer._autocast():
+        with trainer.engine.autocast():
             loss, _ = crit(f, fc, y, 0.5)
         loss.backward()
     out = {}
     for name, fn in (("ce", ce), ("isda", isda)):
         f = feats.detach().requires_grad_()
-        out[f"{name}_loss_ms"] = 1e3 * min(timed(fn, trainer.device) for _ in range(reps))
-    trainer.optimizer.zero_grad(set_to_none=True)
+        out[f"{name}_loss_ms"] = 1e3 * min(timed(fn, trainer.run.device) for _ in range(reps))
+    trainer.engine.optimizer.zero_grad(set_to_none=True)
     return out
 
 
@@ -188,9 +188,9 @@ def measure(args) -> dict:
                  *data_overrides(args.npz, args.classes, args.steps * batch, args.test_size)]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(overrides, Path(tmp))
-    device = trainer.device
+    device = trainer.run.device
     batches = [b for _, b in zip(range(args.overhead_steps), trainer.stream.epoch(1))]
-    compile_s = timed(lambda: [trainer.train_step(x, y, 0.5) for x, y in batches[:2]], device)
+    compile_s = timed(lambda: [trainer.engine.train_step(x, y, 0.5) for x, y in batches[:2]], device)
     eval_compile_s = timed(trainer.evaluate, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -204,7 +204,7 @@ def measure(args) -> dict:
             "isda_overhead": steps["isda_step_ms"] / steps["ce_step_ms"],
             "isda_overhead_from_loss": 1 + extra / steps["ce_step_ms"], "peak_mem_mb": peak_memory_mb(device),
             "first_steps_s": compile_s, "first_eval_s": eval_compile_s,
-            "compiled": trainer.compiled is not None, "threads": torch.get_num_threads()}
+            "compiled": trainer.engine.compiled is not None, "threads": torch.get_num_threads()}
 
 
 def pack_worker(args) -> dict:
@@ -215,9 +215,9 @@ def pack_worker(args) -> dict:
                  *data_overrides(args.npz, args.classes, args.steps * args.batch_size, 256)]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(overrides, Path(tmp))
-    device = trainer.device
+    device = trainer.run.device
     for _, (x, y) in zip(range(3), trainer.stream.epoch(0)):
-        trainer.train_step(x, y, 0.5)
+        trainer.engine.train_step(x, y, 0.5)
     sync(device)
     barrier = Path(args.barrier)
     (barrier / f"ready{args.rank}").touch()
@@ -226,7 +226,7 @@ def pack_worker(args) -> dict:
     images, tic, epoch = 0, time.perf_counter(), 1
     while time.perf_counter() - tic < args.seconds:
         for x, y in trainer.stream.epoch(epoch):
-            trainer.train_step(x, y, 0.5)
+            trainer.engine.train_step(x, y, 0.5)
             images += len(y)
             if time.perf_counter() - tic >= args.seconds:
                 break

@@ -192,7 +192,7 @@ def host_syncs(trainer, steps: int) -> list[dict]:
     import torch
 
     batches = [b for _, b in zip(range(steps + 1), trainer.stream.epoch(1))]
-    trainer.train_step(*batches[0], 0.5)  # warm-up step: cuDNN choices, lazy state
+    trainer.engine.train_step(*batches[0], 0.5)  # warm-up step: cuDNN choices, lazy state
     torch.cuda.synchronize()
     seen: dict[str, int] = {}
     original = warnings.showwarning
@@ -210,7 +210,7 @@ def host_syncs(trainer, steps: int) -> list[dict]:
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for x, y in batches[1:]:
-                trainer.train_step(x, y, 0.5)
+                trainer.engine.train_step(x, y, 0.5)
         finally:
             torch.cuda.set_sync_debug_mode("default")
             warnings.showwarning = original

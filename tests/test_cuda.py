@@ -34,7 +34,7 @@ def test_an_isda_epoch_on_the_gpu_is_finite(tmp_path, precision):
     row = {**t.train_epoch(1), **t.evaluate()}
     assert row["lambda"] > 0
     assert all(math.isfinite(v) for v in row.values()), row
-    assert int(t.criterion.counts.sum()) == 512
+    assert int(t.engine.criterion.counts.sum()) == 512
 
 
 def test_isda_statistics_on_the_gpu_equal_float64_on_the_cpu():
@@ -53,8 +53,8 @@ def test_isda_statistics_on_the_gpu_equal_float64_on_the_cpu():
 def test_the_test_pass_counts_the_same_errors_on_gpu_and_cpu(tmp_path):
     gpu = trainer(tmp_path / "g", "device=cuda")
     cpu = trainer(tmp_path / "c", "device=cpu")
-    cpu.net.load_state_dict(gpu.net.state_dict())
-    cpu.fc.load_state_dict(gpu.fc.state_dict())
+    cpu.engine.net.load_state_dict(gpu.engine.net.state_dict())
+    cpu.engine.fc.load_state_dict(gpu.engine.fc.state_dict())
     a, b = gpu.evaluate(), cpu.evaluate()
     # logits differ by float rounding: at most a couple of near-ties may flip
     assert abs(a["test_error"] - b["test_error"]) * 256 / 100 <= 2

@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 
 from isda_exp import distributed
 from isda_exp.cli import config_dir
+from isda_exp.sync_batchnorm import CPUSyncBatchNorm2d
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work
@@ -58,7 +59,7 @@ def float64_trainer_for(aug: str, run_dir: Path):
         trainer = trainer_for(aug, run_dir)
     finally:
         torch.set_default_dtype(default)
-    trainer._inputs = lambda x: normalize(x).double()
+    trainer.engine.inputs = lambda x: normalize(x).double()
     return trainer
 
 
@@ -66,26 +67,26 @@ def record(aug: str, run_dir: Path) -> dict:
     """Two epochs (lambda = 0, then 0.25): per step this rank's images, labels and loss sum;
     per epoch the metrics; at the end the ISDA statistics."""
     trainer = float64_trainer_for(aug, run_dir)
-    assert trainer.fc.weight.dtype == torch.float64
+    assert trainer.engine.fc.weight.dtype == torch.float64
     steps, epochs = [], []
-    train_step = trainer.train_step
+    train_step = trainer.engine.train_step
 
     def recording_step(x, y, ratio, *at):  # at: (epoch, step)
         loss, logits = train_step(x, y, ratio, *at)
         steps.append((x.clone(), y.clone(), float(loss) * len(y)))
         return loss, logits
 
-    trainer.train_step = recording_step
+    trainer.engine.train_step = recording_step
     for epoch in range(2):
         epochs.append({**trainer.train_epoch(epoch), **trainer.evaluate()})
-        trainer.scheduler.step()
+        trainer.run.scheduler.step()
     losses = torch.tensor([s[2] for s in steps], dtype=torch.float64)
     sizes = torch.tensor([len(s[1]) for s in steps], dtype=torch.float64)
     if distributed.world() > 1:  # the global mean loss of each step
         torch.distributed.all_reduce(losses)
         torch.distributed.all_reduce(sizes)
     return {"x": [s[0] for s in steps], "y": [s[1] for s in steps], "loss": losses / sizes,
-            "epochs": epochs, "isda": trainer.criterion.state_dict()}
+            "epochs": epochs, "isda": trainer.engine.criterion.state_dict()}
 
 
 def join(rank: int, world: int, port: int) -> None:
@@ -215,8 +216,8 @@ def test_one_process_is_untouched(tmp_path):
     """Without torchrun's or Slurm's variables nothing joins a group and nothing is wrapped."""
     assert distributed.setup("auto") == "auto" and distributed.world() == 1 and distributed.is_main()
     trainer = trainer_for("baseline", tmp_path)
-    assert trainer.ddp is None and trainer.trained is trainer.net
-    assert not any(isinstance(m, distributed.CPUSyncBatchNorm2d) for m in trainer.net.modules())
+    assert trainer.engine.ddp is None and trainer.engine.trained is trainer.engine.net
+    assert not any(isinstance(m, CPUSyncBatchNorm2d) for m in trainer.engine.net.modules())
     assert distributed.all_sum(torch.tensor(3), 2.5) == [3.0, 2.5]
 
 
@@ -227,7 +228,7 @@ def failing_worker(rank: int, world: int, port: int, out: str) -> None:
     join(rank, world, port)
     trainer = trainer_for("baseline", Path(out) / f"run{rank}")
     tic = time.perf_counter()
-    step = trainer.train_step
+    step = trainer.engine.train_step
     calls = []
 
     def step_that_fails_on_rank_1(x, y, ratio, *at):  # at: (epoch, step)
@@ -236,7 +237,7 @@ def failing_worker(rank: int, world: int, port: int, out: str) -> None:
             raise ValueError("injected failure on rank 1")
         return step(x, y, ratio, *at)
 
-    trainer.train_step = step_that_fails_on_rank_1
+    trainer.engine.train_step = step_that_fails_on_rank_1
     try:
         trainer.train_epoch(0)
         message = "finished"
@@ -374,8 +375,8 @@ def test_torchrun_sigterm_to_one_rank_pauses_every_rank_mid_epoch_and_resumes_ex
 INJECT_FAILURE = """
 import os
 if os.environ.get("RANK") == "1":  # torchrun's rank 1 only: its third training step raises
-    from isda_exp import trainer
-    _step, _calls = trainer.Trainer.train_step, []
+    from isda_exp import engine
+    _step, _calls = engine.Engine.train_step, []
 
     def _failing(self, *args, **kwargs):
         _calls.append(1)
@@ -383,7 +384,7 @@ if os.environ.get("RANK") == "1":  # torchrun's rank 1 only: its third training 
             raise ValueError("injected failure on rank 1")
         return _step(self, *args, **kwargs)
 
-    trainer.Trainer.train_step = _failing
+    engine.Engine.train_step = _failing
 """
 
 

@@ -26,9 +26,11 @@ from hydra import compose, initialize_config_dir
 from conftest import run_cli
 from isda_exp import preempt, report, runfiles, runlock
 from isda_exp.cli import config_dir, run
-from isda_exp.data import TrainStream, load_synthetic
+from isda_exp.augment import build_augment
+from isda_exp.data import load_synthetic
 from isda_exp.errors import UserError
 from isda_exp.runlock import RunLock, RunLocked
+from isda_exp.engine import Engine
 from isda_exp.trainer import Diverged, Trainer
 from isda_exp.validate import check_config
 
@@ -88,15 +90,15 @@ class StepHook:
 
     def __init__(self, monkeypatch, n: int, action):
         self.count, self.n, self.action = 0, n, action
-        original = Trainer.train_step
+        original = Engine.train_step
 
-        def train_step(trainer, *args):
-            out = original(trainer, *args)
+        def train_step(engine, *args):
+            out = original(engine, *args)
             self.count += 1
             if self.count == self.n:
-                self.action(trainer)
+                self.action(engine)
             return out
-        monkeypatch.setattr(Trainer, "train_step", train_step)
+        monkeypatch.setattr(Engine, "train_step", train_step)
 
 
 # ------------------------------------------------------------------ bad values
@@ -165,8 +167,8 @@ def test_bad_values_from_the_command_line_are_one_line_exit_2(tmp_path):
 @pytest.mark.parametrize("aug", ["baseline", "cutout", "autoaugment"])
 def test_an_epoch_served_from_batch_k_is_the_tail_of_the_whole_epoch(aug):
     data = load_synthetic(train_size=70, test_size=8)
-    stream = TrainStream(data, aug, 0 if aug == "baseline" else 8, 16, seed=3,
-                         device=torch.device("cpu"), num_workers=0)
+    stream = data.train_stream(build_augment(aug, 0 if aug == "baseline" else 8), 16, seed=3,
+                               device=torch.device("cpu"), num_workers=0)
     whole = list(stream.epoch(2))
     assert len(whole) == 5
     for k in (1, 3, 4):
@@ -323,9 +325,9 @@ def test_divergence_mid_run_keeps_the_last_good_checkpoint_and_the_report_does_n
     run(composed("seed=2"), root / "synthetic/resnet32/baseline/isda/seed2")  # a finished, good run
     run_dir = root / RUN
 
-    def poison(trainer):  # weights blow up in epoch 2, step 2: what a divergence leaves behind
+    def poison(engine):  # weights blow up in epoch 2, step 2: what a divergence leaves behind
         with torch.no_grad():
-            trainer.fc.weight.mul_(float("inf"))
+            engine.fc.weight.mul_(float("inf"))
     StepHook(monkeypatch, STEPS + 2, poison)
     good = {}
     original = runfiles.save_checkpoint

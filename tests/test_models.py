@@ -74,7 +74,7 @@ def test_param_count_and_feature_dim_match_paper(name):
     printed, feature_dim = PAPER[name]
     decimals = len(printed.split(".")[1])
     assert round(count_params(name) / 1e6, decimals) == float(printed)
-    assert create_model(name, 10).feature_dim == feature_dim
+    assert create_model(name).feature_dim == feature_dim
 
 
 @pytest.mark.parametrize("name,n,se", [("resnet32", 5, False), ("resnet110", 18, False), ("se_resnet110", 18, True)])
@@ -90,7 +90,7 @@ def test_registry_lists_exactly_the_paper_models():
 
 def test_unknown_model_name_lists_valid_names():
     with pytest.raises(ValueError, match=r"unknown model 'resnet33'.*resnet32"):
-        create_model("resnet33", 10)
+        create_model("resnet33")
 
 
 def test_bad_depth_is_rejected():
@@ -101,7 +101,7 @@ def test_bad_depth_is_rejected():
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_forward_backward_returns_features_and_reaches_every_parameter(name):
     torch.manual_seed(0)
-    net = create_model(name, 10).train()
+    net = create_model(name).train()
     feats = net(torch.randn(2, 3, 32, 32))
     assert feats.shape == (2, net.feature_dim)
     torch.nn.Linear(net.feature_dim, 10)(feats).logsumexp(1).sum().backward()
@@ -112,7 +112,7 @@ def test_forward_backward_returns_features_and_reaches_every_parameter(name):
 
 def test_init_is_kaiming_fan_out_and_unit_batchnorm():
     torch.manual_seed(0)
-    net = create_model("wrn16_8", 10)
+    net = create_model("wrn16_8")
     conv = net.blocks[0].conv1  # 128 x 16 x 3 x 3: fan_out = 128 * 9
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (128 * 9)), rel=0.05)
     assert (net.bn.weight == 1).all() and (net.bn.bias == 0).all()
@@ -121,7 +121,7 @@ def test_init_is_kaiming_fan_out_and_unit_batchnorm():
 @pytest.mark.parametrize("name,kwargs", [("shake26_2x32d", {}), ("wrn16_8", {"drop_rate": 0.3})])
 def test_training_randomness_follows_torch_global_seed(name, kwargs):
     torch.manual_seed(0)
-    net = create_model(name, 10, **kwargs).train()
+    net = create_model(name, **kwargs).train()
     x = torch.randn(4, 3, 32, 32)
     state = {k: v.clone() for k, v in net.state_dict().items()}
 
@@ -181,7 +181,7 @@ def test_config_matches_recipe_and_instantiates(name):
     assert (r.epochs, r.batch_size, r.lr, r.weight_decay) == (epochs, batch, lr, wd)
     assert (r.momentum, r.nesterov) == (0.9, True)
     assert (r.schedule, list(r.milestones), r.gamma) == (schedule, milestones, gamma)
-    net = hydra.utils.instantiate(cfg.net, num_classes=10)
+    net = hydra.utils.instantiate(cfg.net)
     assert net.feature_dim == PAPER[name][1]
     drops = {m.drop_rate for m in net.modules() if hasattr(m, "drop_rate")}
     assert drops <= {net_kwargs.get("drop_rate", 0.0)}

@@ -41,10 +41,10 @@ def trained(tmp_path: Path, *overrides: str) -> dict:
 def isda_features(trainer: Trainer, x: torch.Tensor) -> torch.Tensor:
     """The features the criterion sees in a training forward pass (as the trainer computes them)."""
     seen = []
-    handle = trainer.net.register_forward_hook(lambda m, i, out: seen.append(out.detach()))
-    with torch.no_grad(), trainer._autocast():
-        trainer.net.train()
-        trainer.forward(trainer._inputs(x))
+    handle = trainer.engine.net.register_forward_hook(lambda m, i, out: seen.append(out.detach()))
+    with torch.no_grad(), trainer.engine.autocast():
+        trainer.engine.net.train()
+        trainer.engine.forward(trainer.engine.inputs(x))
     handle.remove()
     return seen[0]
 
@@ -60,7 +60,7 @@ def test_each_precision_trains_and_isda_statistics_stay_float32(tmp_path, precis
     row = {**trainer.train_epoch(1), **trainer.evaluate()}  # epoch 1: lambda > 0, quadratic term on
     assert row["lambda"] > 0
     assert all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "train_error", "test_error"))
-    crit = trainer.criterion
+    crit = trainer.engine.criterion
     assert crit.means.dtype == crit.covariances.dtype == torch.float32
     assert int(crit.counts.sum()) == 32  # every training image entered the statistics
 
@@ -68,9 +68,9 @@ def test_each_precision_trains_and_isda_statistics_stay_float32(tmp_path, precis
     # statistics of the features the model produced (compared with a float64 numpy computation).
     for buffer in (crit.counts, crit.means, crit.covariances):
         buffer.zero_()
-    x, y = trainer.data.x_train[:16], trainer.data.y_train[:16]
+    x, y = trainer.run.data.x_train[:16], trainer.run.data.y_train[:16]
     feats = isda_features(trainer, x).double().numpy()  # no dropout in ResNet-32: same features
-    loss, logits = trainer.train_step(x, y, 0.5)
+    loss, logits = trainer.engine.train_step(x, y, 0.5)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert crit.means.dtype == crit.covariances.dtype == torch.float32
     c = int(np.bincount(y.numpy()).argmax())
@@ -79,20 +79,20 @@ def test_each_precision_trains_and_isda_statistics_stay_float32(tmp_path, precis
     np.testing.assert_allclose(crit.covariances[c].numpy(), np.cov(fc.T, bias=True), rtol=1e-3, atol=1e-5)
 
     # The quadratic term is float32 even when the logits come out of autocast in low precision.
-    with trainer._autocast():
-        low = trainer.fc(torch.from_numpy(feats[:8]).to(trainer.amp_dtype or torch.float32))
-        aug = crit.augmented_logits(low, trainer.fc.weight, y[:8], 0.5)
+    with trainer.engine.autocast():
+        low = trainer.engine.fc(torch.from_numpy(feats[:8]).to(trainer.engine.amp_dtype or torch.float32))
+        aug = crit.augmented_logits(low, trainer.engine.fc.weight, y[:8], 0.5)
     assert aug.dtype == torch.float32
 
 
 def test_bf16_logits_are_close_to_fp32(tmp_path):
     nets = {p: Trainer(composed(f"trainer.precision={p}"), tmp_path / p) for p in ("fp32", "bf16")}
-    batch = nets["fp32"].data.x_test[:64]
+    batch = nets["fp32"].run.data.x_test[:64]
     out = {}
     for precision, trainer in nets.items():
-        trainer.net.eval()
-        with torch.no_grad(), trainer._autocast():
-            out[precision] = trainer.fc(trainer.forward(normalize(batch))).float()
+        trainer.engine.net.eval()
+        with torch.no_grad(), trainer.engine.autocast():
+            out[precision] = trainer.engine.fc(trainer.engine.forward(normalize(batch))).float()
     assert all(torch.equal(a, b) for a, b in zip(nets["fp32"].net.state_dict().values(),
                                                  nets["bf16"].net.state_dict().values()))
     ref, low = out["fp32"], out["bf16"]
@@ -123,11 +123,11 @@ def test_channels_last_matches_the_default_layout(tmp_path):
         trainers[layout] = Trainer(cfg, tmp_path / layout)
     # In float64 the two layouts compute the same function and gradients (rounding aside): the
     # layout changes nothing but speed and float32 rounding.
-    x = trainers["default"].data.x_train[:16]
+    x = trainers["default"].run.data.x_train[:16]
     grads = {}
     for layout, trainer in trainers.items():
-        net = copy.deepcopy(trainer.net).double()
-        out = net(trainer._inputs(x).double())
+        net = copy.deepcopy(trainer.engine.net).double()
+        out = net(trainer.engine.inputs(x).double())
         out.square().sum().backward()
         grads[layout] = (out.detach(), [p.grad for p in net.parameters()])
         if layout == "channels_last":
@@ -221,20 +221,20 @@ def test_evaluation_is_inference_mode_and_independent_of_its_batch_size(tmp_path
     trainer = Trainer(composed("dataset.test_size=200", "trainer.eval_batch_size=64"), tmp_path)
     trainer.train_epoch(0)
     modes = []
-    hook = trainer.net.register_forward_hook(
+    hook = trainer.engine.net.register_forward_hook(
         lambda m, i, o: modes.append((torch.is_inference_mode_enabled(), m.training)))
-    before = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    before = {k: v.clone() for k, v in trainer.engine.net.state_dict().items()}
     big = trainer.evaluate()
-    trainer.cfg.trainer.eval_batch_size = 7  # 29 batches, the last one partial
+    trainer.run.eval_batch_size = 7  # 29 batches, the last one partial
     small = trainer.evaluate()
     hook.remove()
     assert set(modes) == {(True, False)} and len(modes) == 4 + 29
-    assert all(torch.equal(v, trainer.net.state_dict()[k]) for k, v in before.items())
+    assert all(torch.equal(v, trainer.engine.net.state_dict()[k]) for k, v in before.items())
     # the error count, exactly, against a plain eval-mode forward of the whole test set at once
     with torch.no_grad():
-        logits = trainer.fc(trainer.net(normalize(trainer.x_test)))
-    wrong = int((logits.argmax(1) != trainer.y_test).sum())
+        logits = trainer.engine.fc(trainer.engine.net(normalize(trainer.run.data.x_test)))
+    wrong = int((logits.argmax(1) != trainer.run.data.y_test).sum())
     assert big["test_error"] == small["test_error"] == 100.0 * wrong / 200
-    loss = torch.nn.functional.cross_entropy(logits, trainer.y_test).item()
+    loss = torch.nn.functional.cross_entropy(logits, trainer.run.data.y_test).item()
     assert big["test_loss"] == pytest.approx(loss, rel=1e-5)
     assert small["test_loss"] == pytest.approx(loss, rel=1e-5)

@@ -21,14 +21,14 @@ import torch
 from torch import Tensor
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
+from .errors import BadValue
+from .seeding import ITEM_CROP, ITEM_POLICY, item_seed
+
 CIFAR_MEAN: tuple[float, float, float] = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD: tuple[float, float, float] = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 
 AUGMENTATIONS = ("baseline", "cutout", "autoaugment")
 AUTOAUGMENT_FILL = 128
-
-_MASK64 = (1 << 64) - 1
-
 
 def _check_images(x: Tensor, name: str = "x") -> None:
     if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.dim() != 4:
@@ -149,22 +149,6 @@ class BatchAugment:
         return f"BatchAugment(cutout_length={self.cutout_length})"
 
 
-def _splitmix64(z: int) -> int:
-    """SplitMix64 finaliser: a bijective, well-mixed 64-bit hash of z."""
-    z = (z + 0x9E3779B97F4A7C15) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def item_seed(seed: int, epoch: int, index: int, stream: int = 0) -> int:
-    """64-bit seed for one (seed, epoch, index) item; stream separates independent RNG uses."""
-    h = _splitmix64(seed & _MASK64)
-    for part in (epoch, index, stream):
-        h = _splitmix64(h ^ (part & _MASK64))
-    return h
-
-
 class AutoAugmentDataset(torch.utils.data.Dataset):
     """Per-image pipeline for aug=autoaugment, keyed by (epoch, index) for reproducibility.
 
@@ -197,10 +181,10 @@ class AutoAugmentDataset(torch.utils.data.Dataset):
             raise TypeError(f"AutoAugmentDataset keys are (epoch, index) pairs, got {key!r}") from None
         if not 0 <= index < len(self.images):
             raise IndexError(f"index {index} out of range for {len(self.images)} images")
-        gen = torch.Generator().manual_seed(item_seed(self.seed, epoch, index, 0))
+        gen = torch.Generator().manual_seed(item_seed(self.seed, epoch, index, ITEM_CROP))
         img = crop_flip(self.images[index : index + 1], gen)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(item_seed(self.seed, epoch, index, 1))
+            torch.default_generator.manual_seed(item_seed(self.seed, epoch, index, ITEM_POLICY))
             img = self.autoaugment(img)
         if self.cutout_length:
             img = cutout(img, self.cutout_length, gen)
@@ -208,17 +192,20 @@ class AutoAugmentDataset(torch.utils.data.Dataset):
 
 
 def build_augment(name: str, cutout_length: int = 16):
-    """Pick the training augmentation.
+    """The training augmentation of an `aug` config node (its `_target_`).
 
     baseline -> BatchAugment(0); cutout -> BatchAugment(cutout_length); autoaugment -> a factory
-    ``(images, labels, seed) -> AutoAugmentDataset`` (functools.partial, ``.func`` is the class).
+    ``(images, labels, seed) -> AutoAugmentDataset`` (functools.partial, ``.func`` is the class),
+    run per image in DataLoader workers. aug=cutout without a hole is refused: it would train
+    baseline augmentation in a run labelled cutout.
     """
-    if name == "baseline":
-        return BatchAugment(0)
-    if name == "cutout":
-        if not isinstance(cutout_length, int) or cutout_length < 1:
-            raise ValueError(f"aug=cutout needs cutout_length >= 1, got {cutout_length!r}")
-        return BatchAugment(cutout_length)
+    if name not in AUGMENTATIONS:
+        raise BadValue(f"aug.name={name} is unknown: use aug=baseline, aug=cutout or aug=autoaugment")
+    if not isinstance(cutout_length, int) or isinstance(cutout_length, bool) or cutout_length < 0:
+        raise BadValue(f"aug.cutout_length={cutout_length} is not allowed: use an integer >= 0")
+    if name == "cutout" and cutout_length < 1:
+        raise BadValue(f"aug=cutout with aug.cutout_length={cutout_length} would train without a hole: "
+                        "use aug.cutout_length >= 1 (the paper: 16), or aug=baseline")
     if name == "autoaugment":
         return functools.partial(AutoAugmentDataset, cutout_length=cutout_length)
-    raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENTATIONS)}")
+    return BatchAugment(cutout_length if name == "cutout" else 0)

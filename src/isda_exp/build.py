@@ -1,15 +1,87 @@
-"""Config -> objects. Every `_target_` in the configs is instantiated here, through `build`."""
+"""Config -> objects: the one place a run's config becomes the objects it trains with.
+
+Every `_target_` in the configs is instantiated here, through `build`; `build_run` returns all of
+a run's objects as one `Run`, which the loop (isda_exp.trainer) receives whole.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .data import Arrays
+from . import distributed
+from .device import resolve_device
+from .engine import Engine
 from .errors import UserError
+from .isda import isda_ratio
 from .losses import PLAIN_CE, loss_name
 from .paper import RECIPE_DROPOUT
 from .schedule import lr_factor, scaled_milestones
+from .seeding import init_seed
+from .stream import DataSource, EvalStream, TrainStream, resolve_workers
+from .sync_batchnorm import sync_batchnorm
+from .validate import check_config
+
+
+@dataclass
+class Run:
+    """A run's objects: what the loop trains (engine), on what (streams), for how long, how."""
+
+    device: torch.device
+    epochs: int
+    batch_size: int
+    seed: int
+    data: DataSource
+    train: TrainStream
+    eval: EvalStream
+    engine: Engine
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    isda_lambda: Callable[[int], float]  # an epoch's ISDA strength (0 for the other losses)
+    eval_batch_size: int
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Check the config, then build the run's objects in a fixed order (the order draws the
+    initial weights from the seeded RNG, so it is part of the results)."""
+    check_config(cfg)
+    check_loss(cfg)
+    t = cfg.trainer
+    if t.threads:
+        torch.set_num_threads(int(t.threads))
+    device = resolve_device(str(cfg.device))
+    epochs, batch_size = run_length(cfg)
+    seed = int(cfg.seed)
+    torch.manual_seed(init_seed(seed))
+    data = build_data(cfg)
+    distributed.check_split(batch_size, data.num_train, distributed.world())
+    net, fc = build_model(cfg, data.num_classes)
+    if t.get("sync_bn") and distributed.world() > 1:  # else per-rank BN, as the authors ran
+        net = sync_batchnorm(net, device)
+    criterion = build_criterion(cfg, net.feature_dim, data.num_classes)
+    for module in (net, fc, criterion):
+        module.to(device)
+    optimizer, scheduler = build_optimizer(cfg, [*net.parameters(), *fc.parameters()], epochs)
+    engine = Engine(net, fc, criterion, optimizer, device, t.precision, bool(t.channels_last),
+                    bool(t.compile))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
+    rank, world = distributed.rank(), distributed.world()
+    train = data.train_stream(build(cfg.aug), batch_size, seed, device, resolve_workers(t.num_workers),
+                              rank, world)
+    return Run(device, epochs, batch_size, seed, data, train, data.eval_stream(device, rank, world),
+               engine, scheduler, isda_lambda(cfg, epochs), int(t.eval_batch_size))
+
+
+def isda_lambda(cfg: DictConfig, epochs: int) -> Callable[[int], float]:
+    """lambda_0 * epoch / epochs (or constant) for ISDA; the other losses take no lambda."""
+    isda = cfg.isda
+    if isda.loss is None:
+        return lambda epoch: 0.0
+    lambda_0, constant = float(isda.lambda_0), bool(isda.constant)
+    return lambda epoch: isda_ratio(lambda_0, epoch, epochs, constant=constant)
 
 
 def build(node: DictConfig, **kwargs):
@@ -27,13 +99,13 @@ def build(node: DictConfig, **kwargs):
         raise UserError(f"cannot build {node.get('_target_')}: {cause}") from None
 
 
-def build_data(cfg: DictConfig) -> Arrays:
+def build_data(cfg: DictConfig) -> DataSource:
     return build(cfg.dataset)
 
 
 def build_model(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, torch.nn.Linear]:
     """The feature extractor from the zoo and its separate linear classifier."""
-    net = build(cfg.model.net, num_classes=num_classes)
+    net = build(cfg.model.net)
     return net, torch.nn.Linear(net.feature_dim, num_classes)
 
 
@@ -62,11 +134,9 @@ def check_loss(cfg: DictConfig) -> None:
 
 def run_length(cfg: DictConfig) -> tuple[int, int]:
     """(epochs, batch size): the trainer's overrides, else the model's recipe."""
-    recipe = cfg.model.recipe
-    epochs = int(recipe.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs)  # 0 is an error
+    recipe = cfg.model.recipe  # values checked by validate.check_config
+    epochs = int(recipe.epochs if cfg.trainer.epochs is None else cfg.trainer.epochs)
     batch_size = int(recipe.batch_size if cfg.trainer.batch_size is None else cfg.trainer.batch_size)
-    if epochs < 1 or batch_size < 1:
-        raise UserError(f"trainer.epochs={epochs} and trainer.batch_size={batch_size} must be >= 1")
     return epochs, batch_size
 
 
@@ -88,7 +158,8 @@ def science_config(cfg: DictConfig) -> dict:
     keep = {k: trainer.get(k) for k in ("epochs", "batch_size", "precision")}
     science = {"seed": c["seed"], "model": c["model"],
                "dataset": _without(c["dataset"], ("root", "download", "npz")),
-               "aug": c["aug"], "isda": c["isda"], "trainer": keep, "loss": c.get("loss")}
+               "aug": _without(c["aug"], ("_target_",)),  # how it is built, not what it is
+               "isda": c["isda"], "trainer": keep, "loss": c.get("loss")}
     return _as_stored_before(science)
 
 
@@ -105,3 +176,10 @@ def _as_stored_before(science: dict) -> dict:
 
 def _without(d: dict, keys) -> dict:
     return {k: v for k, v in d.items() if k not in keys}
+
+
+def check_buildable(cfg: DictConfig) -> None:
+    """The choices that only building can judge (the loss pairing, the augmentation), before any
+    file of the run is written: cheap, no data or model is built."""
+    check_loss(cfg)
+    build(cfg.aug)

@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from . import distributed, preempt, runfiles
-from .build import check_loss, science_config
+from .build import check_buildable, science_config
 from .errors import UserError
 from .runlock import RunLock, RunLocked, record_elsewhere
 from .validate import check_config
@@ -80,7 +80,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     Every value is checked first; then the run directory is locked for the whole run.
     """
     check_config(cfg)
-    check_loss(cfg)  # isda=on with loss=focal, ...: refused before any work
+    check_buildable(cfg)  # isda=on with loss=focal, aug=cutout without a hole, ...: before any work
     # under DDP the ranks of one run share its directory: rank 0 holds the lock for all of them
     lock = RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()
     with lock, preempt.catch_signals():

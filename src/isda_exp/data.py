@@ -1,9 +1,8 @@
-"""Data sets as in-memory uint8 tensors, and the per-epoch batch streams the trainer consumes.
+"""Data sets held in memory as uint8 tensors (CIFAR, its subsets and hold-out, a synthetic set).
 
 Images stay uint8 NCHW until the batch is on the training device, so the whole CIFAR training set
-(150 MB) can live on the GPU and augmentation runs batched there. All randomness of an epoch
-(order, crops, flips, holes) derives from (seed, epoch, batch): a run resumed at any batch replays
-exactly.
+(150 MB) can live on the GPU and augmentation runs batched there; `Arrays` serves them through the
+in-memory streams of isda_exp.stream.
 """
 from __future__ import annotations
 
@@ -13,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .distributed import shard
 from .errors import UserError
+from . import seeding
+from .stream import MemoryEvalStream, MemoryTrainStream
 
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -32,10 +32,17 @@ class Arrays:
     y_test: torch.Tensor
     eval_split: str = "test"  # "holdout" when x_test/y_test hold dataset.validation training images
 
+    @property
+    def num_train(self) -> int:
+        return len(self.y_train)
 
-def mix_seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from integers (seed, epoch, stream...), never a plain sum."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> 1)
+    def train_stream(self, augment, batch_size: int, seed: int, device: torch.device,
+                     num_workers: int, rank: int = 0, world: int = 1) -> MemoryTrainStream:
+        return MemoryTrainStream(self.x_train, self.y_train, augment, batch_size, seed, device,
+                                 num_workers, rank, world)
+
+    def eval_stream(self, device: torch.device, rank: int = 0, world: int = 1) -> MemoryEvalStream:
+        return MemoryEvalStream(self.x_test, self.y_test, self.eval_split, device, rank, world)
 
 
 # ---------------------------------------------------------------- loading
@@ -130,12 +137,12 @@ def take_subsets(a: Arrays, train_subset: int | None, test_subset: int | None, s
             return x, y
         if not 0 < int(n) <= len(x):
             raise UserError(f"dataset.{split}_subset={n} is out of range: use 1..{len(x)} or null")
-        g = torch.Generator().manual_seed(mix_seed(seed, stream))
+        g = torch.Generator().manual_seed(seeding.subset_seed(seed, stream))
         idx = torch.randperm(len(x), generator=g)[: int(n)].sort().values
         return x[idx], y[idx]
 
-    x_train, y_train = pick(a.x_train, a.y_train, train_subset, "train", 11)
-    x_test, y_test = pick(a.x_test, a.y_test, test_subset, "test", 12)
+    x_train, y_train = pick(a.x_train, a.y_train, train_subset, "train", seeding.TRAIN_SUBSET)
+    x_test, y_test = pick(a.x_test, a.y_test, test_subset, "test", seeding.TEST_SUBSET)
     return Arrays(a.name, a.num_classes, x_train, y_train, x_test, y_test, a.eval_split)
 
 
@@ -150,7 +157,7 @@ def hold_out(a: Arrays, n: int, seed: int) -> Arrays:
         raise UserError(f"dataset.validation={n} must be a positive multiple of the {classes} classes "
                         f"(a class-balanced hold-out), e.g. 5000")
     per_class = n // classes
-    g = torch.Generator().manual_seed(mix_seed(seed, 13))
+    g = torch.Generator().manual_seed(seeding.subset_seed(seed, seeding.HOLDOUT))
     picked = []
     for c in range(classes):
         members = (a.y_train == c).nonzero().flatten()
@@ -195,97 +202,3 @@ def load_synthetic(name: str = "synthetic", num_classes: int = 10, train_size: i
     x_test, y_test = make(test_size)
     arrays = _from_numpy(name, num_classes, x_train, y_train, x_test, y_test, source="synthetic")
     return take_subsets(arrays, train_subset, test_subset, subset_seed, validation)
-
-
-# ---------------------------------------------------------------- batches
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The training order of one epoch, a function of (seed, epoch) alone."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, epoch, 1)))
-
-
-class EpochBatchSampler(torch.utils.data.Sampler):
-    """Yields batches of (epoch, index) keys, so worker-side randomness is keyed per image.
-
-    Under DDP each rank yields its contiguous part of every global batch (rank, world).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
-        self.n, self.batch_size, self.seed, self.epoch, self.start_batch = n, batch_size, seed, 0, 0
-        self.rank, self.world = rank, world
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        """The epoch to serve, from batch `start_batch` on (a run resumed mid-epoch)."""
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __iter__(self):
-        order = epoch_order(self.n, self.seed, self.epoch).tolist()
-        for i in range(self.start_batch * self.batch_size, self.n, self.batch_size):
-            batch = order[i:i + self.batch_size]
-            lo, hi = shard(len(batch), self.rank, self.world)
-            yield [(self.epoch, j) for j in batch[lo:hi]]
-
-    def __len__(self):
-        return -(-self.n // self.batch_size)
-
-
-class TrainStream:
-    """Augmented uint8 training batches on the device, for one epoch at a time.
-
-    baseline/cutout: the images sit on the device and are cropped, flipped and cut batched there.
-    autoaugment: persistent worker processes run the per-image policy ahead of the model.
-    Under DDP (rank, world) every rank yields its contiguous part of each global batch, augmented
-    as one process would augment it: an image's augmentation never depends on the ranks.
-    """
-
-    def __init__(self, arrays: Arrays, aug_name: str, cutout_length: int, batch_size: int,
-                 seed: int, device: torch.device, num_workers: int, rank: int = 0, world: int = 1):
-        from .augment import AutoAugmentDataset, BatchAugment
-
-        self.n, self.batch_size, self.seed, self.device = len(arrays.y_train), batch_size, seed, device
-        self.loader, self.rank, self.world = None, rank, world
-        if aug_name == "autoaugment":
-            dataset = AutoAugmentDataset(arrays.x_train, arrays.y_train, seed, cutout_length)
-            self.sampler = EpochBatchSampler(self.n, batch_size, seed, rank, world)
-            self.loader = torch.utils.data.DataLoader(
-                dataset, batch_sampler=self.sampler, num_workers=num_workers,
-                persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-                prefetch_factor=4 if num_workers > 0 else None)
-        else:
-            self.augment = BatchAugment(cutout_length)
-            self.x = arrays.x_train.to(device)
-            self.y = arrays.y_train.to(device)
-
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def epoch(self, epoch: int, start_batch: int = 0):
-        """Yields (uint8 images, labels) on the device, from batch `start_batch` on.
-
-        Each batch's augmentation draws from a generator seeded by (seed, epoch, batch), so batch
-        k is the same whether or not batches 0..k-1 were drawn in this process.
-        """
-        if self.loader is not None:
-            self.sampler.set_epoch(epoch, start_batch)
-            for x, y in self.loader:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            return
-        order = epoch_order(self.n, self.seed, epoch).to(self.device)
-        gen = torch.Generator(device=self.device)
-        for b in range(start_batch, len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            gen.manual_seed(mix_seed(self.seed, epoch, 2, b))
-            x, y = self.augment(self.x[idx], gen), self.y[idx]  # the global batch, on every rank
-            if self.world > 1:
-                lo, hi = shard(len(idx), self.rank, self.world)
-                x, y = x[lo:hi], y[lo:hi]
-            yield x, y
-
-
-def resolve_workers(num_workers) -> int:
-    """'auto' = all cores but one (the trainer's), at least one."""
-    if num_workers in (None, "auto"):
-        return max(1, (os.cpu_count() or 2) - 1)
-    return int(num_workers)
-

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .device import resolve_device
 from .errors import UserError
 
 log = logging.getLogger("isda_exp")
@@ -79,18 +80,11 @@ def setup(device: str, timeout_s: float = 600) -> str:
     env = environment()
     if env is None:
         return device
-    cuda = device in ("auto", "cuda") and torch.cuda.is_available() or device.startswith("cuda")
-    if device.startswith("cuda:"):
-        raise UserError(f"device={device} under a multi-process launch: each rank uses the GPU of "
-                        "its local rank; use device=auto or device=cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={device} but no CUDA device is available here; use device=cpu or auto")
+    resolved = resolve_device(device, env["local_rank"])
+    cuda = resolved.type == "cuda"
     if cuda:
-        index = env["local_rank"] % torch.cuda.device_count()  # one GPU visible per task also works
-        torch.cuda.set_device(index)
-        device = f"cuda:{index}"
-    elif device == "auto":
-        device = "cpu"
+        torch.cuda.set_device(resolved.index)
+    device = str(resolved)
     if dist.is_initialized():
         return device
     os.environ.setdefault("MASTER_ADDR", env["master_addr"])
@@ -208,66 +202,3 @@ def wrap(module: nn.Module, device: torch.device) -> nn.Module | None:
         return None
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(module, device_ids=ids)
-
-
-def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """BatchNorm over the global batch: torch's SyncBatchNorm on CUDA, CPUSyncBatchNorm2d on the
-    CPU (torch's supports GPUs only). The parameters and buffers are kept (same tensors)."""
-    if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    for name, child in module.named_children():
-        if type(child) is nn.BatchNorm2d:
-            new = CPUSyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats)
-            new.weight, new.bias = child.weight, child.bias
-            new.running_mean, new.running_var = child.running_mean, child.running_var
-            new.num_batches_tracked = child.num_batches_tracked
-            setattr(module, name, new)
-        else:
-            sync_batchnorm(child, device)
-    return module
-
-
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the gradient of every rank's input is the sum of all ranks' gradients."""
-
-    @staticmethod
-    def forward(ctx, tensor):
-        tensor = tensor.clone()
-        dist.all_reduce(tensor)
-        return tensor
-
-    @staticmethod
-    def backward(ctx, grad):
-        grad = grad.clone()
-        dist.all_reduce(grad)
-        return grad
-
-
-class CPUSyncBatchNorm2d(nn.BatchNorm2d):
-    """BatchNorm2d whose training statistics are those of the batch over all ranks (gloo).
-
-    Two differentiable all-reduces (sum, then centred sum of squares): the gradient flows through
-    the global statistics to every rank's inputs, as in torch's CUDA SyncBatchNorm.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and world() > 1):
-            return super().forward(x)
-        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # float32 under autocast
-        count = torch.tensor([float(x.numel() // x.shape[1])], dtype=xf.dtype)
-        total = _AllReduceSum.apply(torch.cat([xf.sum((0, 2, 3)), count]))
-        n = total[-1]
-        mean = total[:-1] / n
-        centred = xf - mean.view(1, -1, 1, 1)
-        var = _AllReduceSum.apply(centred.square().sum((0, 2, 3))) / n
-        if self.track_running_stats:
-            with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
-        out = centred * torch.rsqrt(var + self.eps).view(1, -1, 1, 1)
-        if self.affine:
-            out = out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        return out.to(x.dtype)

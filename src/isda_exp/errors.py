@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input or a state the user must resolve; the message names the problem and the fix."""
+
+
+class BadValue(UserError, ValueError):
+    """A config value that cannot be built (a ValueError too, for callers outside the CLI)."""

@@ -146,7 +146,7 @@ class ISDALoss(nn.Module):
     def forward(self, features: torch.Tensor, fc: nn.Module, targets: torch.Tensor,
                 ratio: float, *, epoch: int = 0, step: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         # epoch/step: the criterion interface shared with isda_exp.losses; ISDA does not use them
-        ratio = self._check(features, fc, targets, ratio)
+        ratio = _check_inputs(self, features, fc, targets, ratio)
         logits = fc(features)
         if self.training:
             self.update_statistics(features, targets)
@@ -179,7 +179,7 @@ class ISDALoss(nn.Module):
     def update_statistics(self, features: torch.Tensor, targets: torch.Tensor) -> None:
         """Merge the batch (gathered over ranks) into counts, means and covariances (Eq. 9-11)."""
         local = targets
-        feats, targets = self._gather(features.detach(), targets)
+        feats, targets = _gather(features.detach(), targets, self._stat_dtype(), self.process_group)
         classes, m = torch.unique(targets, return_counts=True)
         n = self.counts[classes.clamp(0, len(self.counts) - 1)]  # used once the labels are valid
         cls_list, m_list, n_list = torch.stack([classes, m, n]).tolist()  # one device sync
@@ -218,20 +218,8 @@ class ISDALoss(nn.Module):
             self.variances.index_copy_(0, classes, new_var.to(self.variances.dtype))
         else:
             rows = torch.sqrt(n * m / (n + m)).unsqueeze(1) * delta
-            self._merge_covariances(self._stack_rows(centred, targets, rows, lists[1]),
+            self._merge_covariances(_stack_rows(centred, targets, rows, lists[1]),
                                     classes, lists)
-
-    @staticmethod
-    def _stack_rows(centred, targets, extra, m_list):
-        """Z: each class's centred rows followed by its extra row, classes in sorted order."""
-        K, N = len(m_list), len(targets)
-        order = torch.argsort(targets, stable=True)
-        ends = torch.tensor(m_list, device=targets.device).cumsum(0)          # class p: [.., end_p)
-        pos = torch.searchsorted(ends, torch.arange(N, device=targets.device), right=True)
-        Z = centred.new_empty(N + K, centred.shape[1])
-        Z[torch.arange(N, device=targets.device) + pos] = centred[order]
-        Z[ends + torch.arange(K, device=targets.device)] = extra
-        return Z
 
     def _merge_covariances(self, Z, classes, lists):
         """Sigma_c <- n/(n+m) Sigma_c + Z_c^T Z_c / (n+m), block by block, in place."""
@@ -249,22 +237,7 @@ class ISDALoss(nn.Module):
                 if work.data_ptr() != cov[c].data_ptr():
                     cov[c].copy_(work)
                 continue
-            self._merge_block(Z, starts, classes[lo:hi], lo, hi, lists)
-
-    def _merge_block(self, Z, starts, cls, lo, hi, lists):
-        """Several classes at once: zero-padded Z blocks, one baddbmm, one index_copy_."""
-        _, m_list, n_list = lists
-        dev, rows = Z.device, starts[hi] - starts[lo]
-        lens = torch.tensor(m_list[lo:hi], device=dev) + 1
-        which = torch.repeat_interleave(torch.arange(hi - lo, device=dev), lens, output_size=rows)
-        offset = torch.arange(rows, device=dev) - (lens.cumsum(0) - lens)[which]
-        padded = Z.new_zeros(hi - lo, max(m_list[lo:hi]) + 1, Z.shape[1])
-        padded[which, offset] = Z[starts[lo]:starts[hi]]
-        n = torch.tensor(n_list[lo:hi], dtype=Z.dtype, device=dev).view(-1, 1, 1)
-        m = (lens - 1).to(Z.dtype).view(-1, 1, 1)
-        work = self.covariances[cls].to(Z.dtype).mul_(n / (n + m))
-        work.baddbmm_(padded.transpose(1, 2) / (n + m), padded)
-        self.covariances.index_copy_(0, cls, work.to(self.covariances.dtype))
+            _merge_block(self.covariances, Z, starts, classes[lo:hi], lo, hi, lists)
 
     # ------------------------------------------------------ the quadratic term
 
@@ -302,52 +275,84 @@ class ISDALoss(nn.Module):
         # launches; estimated, not tuned on a GPU (copying a 9 MB block costs about 2 launches).
         return 64 << 20 if self.counts.device.type == "cuda" else 256 << 10
 
-    def _gather(self, feats, targets):
-        """The global batch, rank by rank, when torch.distributed runs several processes."""
-        group = self.process_group
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) < 2:
-            return feats, targets
-        dtype = self._stat_dtype()
-        packed = torch.cat([feats.to(dtype), targets.to(dtype).unsqueeze(1)], 1)
-        world = dist.get_world_size(group)
-        size = torch.tensor([len(packed)], device=packed.device)
-        sizes = [torch.empty_like(size) for _ in range(world)]
-        dist.all_gather(sizes, size, group=group)
-        sizes = [int(s) for s in sizes]
-        padded = packed.new_zeros(max(sizes), packed.shape[1])
-        padded[:len(packed)] = packed
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded, group=group)
-        rows = torch.cat([p[:s] for p, s in zip(parts, sizes)])
-        return rows[:, :-1], rows[:, -1].round().long()
-
-    def _check(self, features, fc, targets, ratio) -> float:
-        A, C = self.feature_dim, self.num_classes
-        if not torch.is_tensor(features) or features.dim() != 2 or features.shape[1] != A:
-            shape = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
-            raise ValueError(f"features must be [N, {A}] (the pooled penultimate features), "
-                             f"got {shape}")
-        if len(features) == 0:
-            raise ValueError("features hold an empty batch: pass at least one sample")
-        if not torch.is_tensor(targets) or targets.shape != (len(features),) \
-                or targets.is_floating_point() or targets.is_complex():
-            raise ValueError(f"targets must be [N]={len(features)} integer class indices, got "
-                             f"{getattr(targets, 'shape', type(targets).__name__)}")
-        weight = getattr(fc, "weight", None)
-        if not torch.is_tensor(weight) or tuple(weight.shape) != (C, A):
-            raise ValueError(f"fc must be the nn.Linear({A}, {C}) classifier; its weight is "
-                             f"{getattr(weight, 'shape', None)}")
-        if features.device != self.counts.device:
-            raise ValueError(f"features are on {features.device} but the ISDA statistics on "
-                             f"{self.counts.device}: move the criterion with .to(device)")
-        ratio = float(ratio)
-        if not math.isfinite(ratio) or ratio < 0:
-            raise ValueError(f"ratio={ratio} must be a finite lambda >= 0 (see isda_ratio)")
-        return ratio
-
     def _check_classes(self, classes: list[int]) -> None:
         """classes: sorted labels present in the batch."""
         if classes and (classes[0] < 0 or classes[-1] >= self.num_classes):
             bad = classes[0] if classes[0] < 0 else classes[-1]
             raise ValueError(f"target {bad} is outside [0, {self.num_classes}): labels must be "
                              f"class indices for num_classes={self.num_classes}")
+
+
+# ------------------------------------------------------------ helpers of ISDALoss
+
+
+def _stack_rows(centred, targets, extra, m_list):
+    """Z: each class's centred rows followed by its extra row, classes in sorted order."""
+    K, N = len(m_list), len(targets)
+    order = torch.argsort(targets, stable=True)
+    ends = torch.tensor(m_list, device=targets.device).cumsum(0)          # class p: [.., end_p)
+    pos = torch.searchsorted(ends, torch.arange(N, device=targets.device), right=True)
+    Z = centred.new_empty(N + K, centred.shape[1])
+    Z[torch.arange(N, device=targets.device) + pos] = centred[order]
+    Z[ends + torch.arange(K, device=targets.device)] = extra
+    return Z
+
+
+def _merge_block(covariances, Z, starts, cls, lo, hi, lists):
+    """Several classes at once: zero-padded Z blocks, one baddbmm, one index_copy_."""
+    _, m_list, n_list = lists
+    dev, rows = Z.device, starts[hi] - starts[lo]
+    lens = torch.tensor(m_list[lo:hi], device=dev) + 1
+    which = torch.repeat_interleave(torch.arange(hi - lo, device=dev), lens, output_size=rows)
+    offset = torch.arange(rows, device=dev) - (lens.cumsum(0) - lens)[which]
+    padded = Z.new_zeros(hi - lo, max(m_list[lo:hi]) + 1, Z.shape[1])
+    padded[which, offset] = Z[starts[lo]:starts[hi]]
+    n = torch.tensor(n_list[lo:hi], dtype=Z.dtype, device=dev).view(-1, 1, 1)
+    m = (lens - 1).to(Z.dtype).view(-1, 1, 1)
+    work = covariances[cls].to(Z.dtype).mul_(n / (n + m))
+    work.baddbmm_(padded.transpose(1, 2) / (n + m), padded)
+    covariances.index_copy_(0, cls, work.to(covariances.dtype))
+
+
+def _gather(feats, targets, dtype, group):
+    """The global batch, rank by rank, when torch.distributed runs several processes."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) < 2:
+        return feats, targets
+    packed = torch.cat([feats.to(dtype), targets.to(dtype).unsqueeze(1)], 1)
+    world = dist.get_world_size(group)
+    size = torch.tensor([len(packed)], device=packed.device)
+    sizes = [torch.empty_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size, group=group)
+    sizes = [int(s) for s in sizes]
+    padded = packed.new_zeros(max(sizes), packed.shape[1])
+    padded[:len(packed)] = packed
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded, group=group)
+    rows = torch.cat([p[:s] for p, s in zip(parts, sizes)])
+    return rows[:, :-1], rows[:, -1].round().long()
+
+
+def _check_inputs(loss, features, fc, targets, ratio) -> float:
+    """The criterion's arguments, each with the error that names what was expected."""
+    A, C = loss.feature_dim, loss.num_classes
+    if not torch.is_tensor(features) or features.dim() != 2 or features.shape[1] != A:
+        shape = tuple(features.shape) if torch.is_tensor(features) else type(features).__name__
+        raise ValueError(f"features must be [N, {A}] (the pooled penultimate features), "
+                         f"got {shape}")
+    if len(features) == 0:
+        raise ValueError("features hold an empty batch: pass at least one sample")
+    if not torch.is_tensor(targets) or targets.shape != (len(features),) \
+            or targets.is_floating_point() or targets.is_complex():
+        raise ValueError(f"targets must be [N]={len(features)} integer class indices, got "
+                         f"{getattr(targets, 'shape', type(targets).__name__)}")
+    weight = getattr(fc, "weight", None)
+    if not torch.is_tensor(weight) or tuple(weight.shape) != (C, A):
+        raise ValueError(f"fc must be the nn.Linear({A}, {C}) classifier; its weight is "
+                         f"{getattr(weight, 'shape', None)}")
+    if features.device != loss.counts.device:
+        raise ValueError(f"features are on {features.device} but the ISDA statistics on "
+                         f"{loss.counts.device}: move the criterion with .to(device)")
+    ratio = float(ratio)
+    if not math.isfinite(ratio) or ratio < 0:
+        raise ValueError(f"ratio={ratio} must be a finite lambda >= 0 (see isda_ratio)")
+    return ratio

@@ -22,9 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import distributed
-from .data import mix_seed
+from .seeding import disturb_seed
 
-DISTURB_STREAM = 4  # mix_seed stream of DisturbLabel's noise (0-3: init, order, crops, dropout)
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:
@@ -235,7 +234,7 @@ class DisturbLabel(Criterion):
 
     def disturb(self, targets: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """The disturbed labels of step `step` of epoch `epoch` (drawn on the CPU, then moved)."""
-        g = torch.Generator().manual_seed(mix_seed(self.seed, epoch, DISTURB_STREAM, step))
+        g = torch.Generator().manual_seed(disturb_seed(self.seed, epoch, step))
         rank, world = distributed.rank(), distributed.world()
         n = len(targets)
         replace = torch.rand(n * world, generator=g)[rank * n:(rank + 1) * n] < self.alpha

@@ -21,8 +21,11 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs) -> nn.Module:
-    """Build the feature extractor `name`; forward returns the pooled features [N, feature_dim]."""
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Build the feature extractor `name`; forward returns the pooled features [N, feature_dim].
+
+    The classifier (feature_dim -> classes) is built beside it, so no constructor takes a class count.
+    """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(list_models())}")
-    return _MODELS[name](num_classes=num_classes, **kwargs)
+    return _MODELS[name](**kwargs)

@@ -15,7 +15,7 @@ TRAIN_IMAGES = 50_000  # CIFAR training set size
 
 def _with_classifier(name: str, num_classes: int) -> nn.Module:
     """Feature extractor + the trainer's separate Linear head, as the paper counts them."""
-    net = create_model(name, num_classes)
+    net = create_model(name)
     return nn.Sequential(net, nn.Linear(net.feature_dim, num_classes))
 
 
@@ -69,7 +69,7 @@ def zoo_table(num_classes: int = 10) -> str:
     """Plain-text table of every registered model's size and cost."""
     rows = [f"{'model':<20}{'params':>12}{'feat dim':>10}{'GFLOPs/img':>12}{'epochs':>8}{'train PFLOPs':>14}"]
     for name in list_models():
-        net = create_model(name, num_classes)
+        net = create_model(name)
         rows.append(f"{name:<20}{count_params(name, num_classes) / 1e6:>11.3f}M{net.feature_dim:>10}"
                     f"{flops_per_image(name, num_classes) / 1e9:>12.3f}{recipe_epochs(name):>8}"
                     f"{training_pflops(name, num_classes):>14.1f}")

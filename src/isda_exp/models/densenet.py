@@ -93,7 +93,7 @@ class DenseNetBC(nn.Module):
     """
 
     def __init__(self, depth: int, growth_rate: int, compression: float = 0.5, drop_rate: float = 0.0,
-                 memory_efficient: bool = False, num_classes: int | None = None):
+                 memory_efficient: bool = False):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"DenseNet-BC depth must be 6n+4 (e.g. 100, 190), got {depth}")
@@ -119,10 +119,10 @@ class DenseNetBC(nn.Module):
 
 
 @register_model
-def densenet_bc100_12(num_classes: int = 10, **kw) -> DenseNetBC:
+def densenet_bc100_12(**kw) -> DenseNetBC:
     return DenseNetBC(depth=100, growth_rate=12, **kw)
 
 
 @register_model
-def densenet_bc190_40(num_classes: int = 10, **kw) -> DenseNetBC:
+def densenet_bc190_40(**kw) -> DenseNetBC:
     return DenseNetBC(depth=190, growth_rate=40, **kw)

@@ -64,7 +64,7 @@ class CifarResNet(nn.Module):
     """Feature extractor: stem conv, 3 stages, global average pool -> [N, 64 * width_mult]."""
 
     def __init__(self, depth: int, se_reduction: int | None = None, base_width: int = 16,
-                 num_classes: int | None = None, drop_rate: float = 0.0):
+                 drop_rate: float = 0.0):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (e.g. 32, 110), got {depth}")
@@ -89,15 +89,15 @@ class CifarResNet(nn.Module):
 
 
 @register_model
-def resnet32(num_classes: int = 10, **kw) -> CifarResNet:
+def resnet32(**kw) -> CifarResNet:
     return CifarResNet(depth=32, **kw)
 
 
 @register_model
-def resnet110(num_classes: int = 10, **kw) -> CifarResNet:
+def resnet110(**kw) -> CifarResNet:
     return CifarResNet(depth=110, **kw)
 
 
 @register_model
-def se_resnet110(num_classes: int = 10, se_reduction: int = 16, **kw) -> CifarResNet:
+def se_resnet110(se_reduction: int = 16, **kw) -> CifarResNet:
     return CifarResNet(depth=110, se_reduction=se_reduction, **kw)

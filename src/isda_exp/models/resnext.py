@@ -39,7 +39,7 @@ class CifarResNeXt(nn.Module):
     """Feature extractor ResNeXt-depth (cardinality x base_width d); forward returns [N, 1024]."""
 
     def __init__(self, depth: int = 29, cardinality: int = 8, base_width: int = 64,
-                 widen_factor: int = 4, num_classes: int | None = None):
+                 widen_factor: int = 4):
         super().__init__()
         if depth < 11 or (depth - 2) % 9:
             raise ValueError(f"ResNeXt depth must be 9n+2 (e.g. 29), got {depth}")
@@ -62,5 +62,5 @@ class CifarResNeXt(nn.Module):
 
 
 @register_model
-def resnext29_8x64d(num_classes: int = 10, **kw) -> CifarResNeXt:
+def resnext29_8x64d(**kw) -> CifarResNeXt:
     return CifarResNeXt(depth=29, cardinality=8, base_width=64, **kw)

@@ -81,7 +81,7 @@ class ShakeBlock(nn.Module):
 class ShakeShakeNet(nn.Module):
     """Feature extractor Shake-Shake depth 2 x base_width d; forward returns [N, 4 * base_width]."""
 
-    def __init__(self, depth: int = 26, base_width: int = 32, num_classes: int | None = None):
+    def __init__(self, depth: int = 26, base_width: int = 32):
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"Shake-Shake depth must be 6n+2 (e.g. 26), got {depth}")
@@ -103,10 +103,10 @@ class ShakeShakeNet(nn.Module):
 
 
 @register_model
-def shake26_2x32d(num_classes: int = 10, **kw) -> ShakeShakeNet:
+def shake26_2x32d(**kw) -> ShakeShakeNet:
     return ShakeShakeNet(depth=26, base_width=32, **kw)
 
 
 @register_model
-def shake26_2x112d(num_classes: int = 10, **kw) -> ShakeShakeNet:
+def shake26_2x112d(**kw) -> ShakeShakeNet:
     return ShakeShakeNet(depth=26, base_width=112, **kw)

@@ -39,8 +39,7 @@ class PreActBlock(nn.Module):
 class WideResNet(nn.Module):
     """Feature extractor WRN-depth-widen_factor; forward returns [N, 64 * widen_factor]."""
 
-    def __init__(self, depth: int, widen_factor: int, drop_rate: float = 0.0,
-                 num_classes: int | None = None):
+    def __init__(self, depth: int, widen_factor: int, drop_rate: float = 0.0):
         super().__init__()
         if depth < 10 or (depth - 4) % 6:
             raise ValueError(f"Wide-ResNet depth must be 6n+4 (e.g. 16, 28), got {depth}")
@@ -65,10 +64,10 @@ class WideResNet(nn.Module):
 
 
 @register_model
-def wrn16_8(num_classes: int = 10, drop_rate: float = 0.0, **kw) -> WideResNet:
+def wrn16_8(drop_rate: float = 0.0, **kw) -> WideResNet:
     return WideResNet(depth=16, widen_factor=8, drop_rate=drop_rate, **kw)
 
 
 @register_model
-def wrn28_10(num_classes: int = 10, drop_rate: float = 0.0, **kw) -> WideResNet:
+def wrn28_10(drop_rate: float = 0.0, **kw) -> WideResNet:
     return WideResNet(depth=28, widen_factor=10, drop_rate=drop_rate, **kw)
