@@ -93,8 +93,8 @@ def test_bf16_logits_are_close_to_fp32(tmp_path):
         trainer.engine.net.eval()
         with torch.no_grad(), trainer.engine.autocast():
             out[precision] = trainer.engine.fc(trainer.engine.forward(normalize(batch))).float()
-    assert all(torch.equal(a, b) for a, b in zip(nets["fp32"].net.state_dict().values(),
-                                                 nets["bf16"].net.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(nets["fp32"].engine.net.state_dict().values(),
+                                                 nets["bf16"].engine.net.state_dict().values()))
     ref, low = out["fp32"], out["bf16"]
     assert not torch.equal(ref, low)  # autocast really ran in bf16
     rel = (low - ref).norm() / ref.norm()
@@ -119,7 +119,10 @@ def test_channels_last_matches_the_default_layout(tmp_path):
     trainers = {}
     for layout in ("default", "channels_last"):
         (tmp_path / layout).mkdir()
-        cfg = composed("isda=on", f"trainer.channels_last={layout == 'channels_last'}")
+        # lr 0.02: at the recipe's 0.1 two steps from a fresh init amplify the layouts' float32
+        # rounding past any fixed tolerance on some CPUs (test loss 105 vs 111 seen)
+        cfg = composed("isda=on", f"trainer.channels_last={layout == 'channels_last'}",
+                       "model.recipe.lr=0.02")
         trainers[layout] = Trainer(cfg, tmp_path / layout)
     # In float64 the two layouts compute the same function and gradients (rounding aside): the
     # layout changes nothing but speed and float32 rounding.
@@ -142,12 +145,12 @@ def test_channels_last_matches_the_default_layout(tmp_path):
         trainer.fit()
         row = json.loads((tmp_path / layout / "metrics.jsonl").read_text())
         rows[layout] = {k: v for k, v in row.items() if k != "seconds"}
-    convs = conv_weights(trainers["channels_last"].net)
+    convs = conv_weights(trainers["channels_last"].engine.net)
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     assert not any(p.is_contiguous() for p in convs)  # still NHWC after the optimizer steps
     default, last = rows["default"], rows["channels_last"]
     # float32 BatchNorm gradients differ by ~1% between the layouts' kernels (both are that far
-    # from float64), and two SGD steps at lr 0.1 from a fresh init amplify it: compare within that
+    # from float64), and two SGD steps from a fresh init amplify it: compare within that
     assert last["train_loss"] == pytest.approx(default["train_loss"], rel=1e-3)
     assert abs(last["train_error"] - default["train_error"]) <= 100 * 1 / 128
     assert last["test_loss"] == pytest.approx(default["test_loss"], rel=0.05)
