@@ -394,9 +394,11 @@ class Trainer:
         return summary
 
     def summary(self, history: list[dict], wall: float) -> dict:
+        from .identity import summary_fields  # the run's label and science config, computed once
+
         errors = [r["test_error"] for r in history]
         cfg = self.cfg
-        return {
+        return {**summary_fields(cfg, distributed.world()),
             "test_error_last10": float(np.mean(errors[-10:])), "test_error_final": errors[-1],
             "test_error_best": min(errors), "epochs": self.epochs,
             "recipe_epochs": int(cfg.model.recipe.epochs), "batch_size": self.batch_size,
