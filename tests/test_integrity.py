@@ -264,6 +264,7 @@ def test_10_ctrl_c_while_loading_is_one_line_status_130(tmp_path):
 
 SIGHUP_RUN = """
 import os, signal, sys
+from pathlib import Path
 from hydra import compose, initialize_config_dir
 from isda_exp import preempt
 from isda_exp.cli import config_dir, run
@@ -278,7 +279,7 @@ Trainer.train_step = hang_up
 with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
     cfg = compose("train", overrides=sys.argv[2:])
 try:
-    run(cfg, sys.argv[1])
+    run(cfg, Path(sys.argv[1]))
 except preempt.Preempted as e:
     print("paused by", preempt.name(e.signum))
 """
