@@ -10,6 +10,7 @@ import errno
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -301,3 +302,14 @@ def test_10_npz_a_directory_or_garbage_says_so(tmp_path):
     with pytest.raises(UserError, match=r"is not an \.npz archive") as e:
         read_npz(str(tmp_path / "x.npz"), "cifar10", 10)
     assert "pickle" not in str(e.value)
+
+
+@pytest.mark.parametrize("args,shown", [(["trainer.epochz=3"], "unknown config key trainer.epochz: did you mean trainer.epochs?"),
+                                        (["-m", "isda=off,on", "model.recipe.lrr=0.1"], "did you mean model.recipe.lr?"),
+                                        (["model.net.drop_rate=0.3"], "add it with +model.net.drop_rate=VALUE")])
+def test_2_an_unknown_key_without_plus_is_one_line_too(args, shown):
+    from isda_exp.cli import check_command
+
+    with pytest.raises(UserError, match=re.escape(shown)):
+        check_command(args)
+    check_command(["-m", "seed=0,1", "isda=off,on", "trainer.epochs=2", "+method=isda_dropout", "model=resnet110"])

@@ -19,7 +19,7 @@ from .build import check_loss
 from .errors import UserError
 from .identity import science_config
 from .runlock import RunLock, RunLocked, record_elsewhere
-from .validate import check_added_keys, check_config
+from .validate import check_added_keys, check_config, check_known_keys
 
 log = logging.getLogger("isda_exp")
 
@@ -33,8 +33,51 @@ def config_dir() -> str:
     raise RuntimeError(f"isda_exp configs not found beside {here}; reinstall the package")
 
 
+def main() -> None:
+    """`python -m isda_exp`: the command line's keys are checked, then Hydra runs the job(s)."""
+    try:
+        check_command(sys.argv[1:])
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
+def check_command(args: list[str]) -> None:
+    """An unknown key set without `+` is one line naming the closest key (Hydra's own message
+    is several lines). Anything else Hydra parses and reports itself."""
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            get_args_parser().parse_known_args(args)[0].overrides)
+    except BaseException:  # noqa: B036 (argparse exits on --help and bad flags: Hydra's to report)
+        return
+    groups, keys, choices = config_groups(), [], []
+    for o in overrides:
+        key = o.key_or_group
+        if o.is_delete() or o.is_add() or o.is_force_add() or key.split(".")[0].split("/")[0] == "hydra":
+            continue
+        if key in groups or "/" in key:  # a group choice: the first of a sweep's choices will do
+            value = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() \
+                else o.get_value_element_as_str()
+            choices.append(f"{o.get_key_element()}={value}")
+        else:
+            keys.append(key)
+    if not keys:
+        return
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=choices)
+    except Exception:  # a bad choice: Hydra lists the valid ones
+        return
+    check_known_keys(cfg, keys)
+
+
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN

@@ -102,6 +102,22 @@ def check_added_keys(cfg: DictConfig, overrides, groups=()) -> None:
                         "read by nothing: the run would ignore it; --cfg job lists the keys)")
 
 
+def check_known_keys(cfg: DictConfig, keys) -> None:
+    """Keys set on the command line without `+` must exist: one line with the closest key (Hydra
+    would say so in several lines, suggesting the `+` that check_added_keys refuses)."""
+    known = list(_keys(cfg))
+    for key in keys:
+        if key in known:
+            continue
+        allowed = _constructor_arguments(cfg, key)
+        if allowed is None or key in allowed:
+            raise UserError(f"{key} is not in the config but is an argument of "
+                            f"{OmegaConf.select(cfg, key.rsplit('.', 1)[0])['_target_']}: add it with "
+                            f"+{key}=VALUE")
+        raise UserError(f"unknown config key {key}{_closest(key, known + (allowed or []))} "
+                        "(--cfg job lists the keys)")
+
+
 def _added_key(override: str) -> str | None:
     """The key of a `+key=value` / `++key=value` override, else None."""
     override = str(override).strip()
