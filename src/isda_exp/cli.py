@@ -119,7 +119,9 @@ def failed(e: Exception, run_dir: Path, sweep_dir: Path | None) -> None:
         distributed.leave(1)
     if (sweep_dir is not None or not user) and not getattr(e, "recorded", False):
         _write_failed(run_dir, info)
-    if sweep_dir is not None and runlock.record_failed(sweep_dir, run_dir, text):
+    if sweep_dir is not None:
+        if not runlock.record_failed(sweep_dir, run_dir, text):
+            raise e  # no sweep record (our callback is not configured): Hydra reports the job
         line = f"error: {text}" + ("" if user else f" (traceback in {run_dir / runfiles.FAILED})")
         if isinstance(e, Refused):  # not into the run's train.log: a refused command changes no file
             print(line, file=sys.stderr, flush=True)
