@@ -18,8 +18,9 @@ from scipy import stats
 
 from conftest import run_cli
 from isda_exp import losses, paper, runfiles
-from isda_exp.build import build_criterion, build_model, science_config
+from isda_exp.build import build_criterion, build_model
 from isda_exp.cli import config_dir, run
+from isda_exp.identity import science_config
 from isda_exp.isda import ISDALoss
 from isda_exp.losses import (CenterLoss, CrossEntropy, DisturbLabel, FocalLoss, GeneralizedCrossEntropy,
                              LargeMarginSoftmax, psi)

@@ -142,12 +142,17 @@ def test_group_key_comes_from_summary_not_path(tmp_path):
     assert row.key == ("cifar100", "resnet32", "baseline", "baseline")
 
 
-def test_mixed_groups_get_notes(tmp_path):
+def test_mixed_groups_are_refused_and_a_repeated_seed_gets_a_note(tmp_path):
+    # issue 19: runs that differ (here in epochs) are never averaged into one cell
     write_run(tmp_path, "a", 7.0, seed=0)
     write_run(tmp_path, "b", 7.2, seed=0, epochs=80)
+    with pytest.raises(report.ReportError, match=r"trainer\.epochs = 160 in \S+/a; 80 in \S+/b"):
+        report.aggregate(report.load_runs(tmp_path))
+    write_run(tmp_path, "c", 7.4, seed=0, epochs=80)  # the same seed and config again: counted once
+    (tmp_path / "a" / "summary.json").unlink()
     (row,) = report.aggregate(report.load_runs(tmp_path))
-    assert any("seed(s) 0" in n for n in row.notes)
-    assert any("differ in epochs" in n for n in row.notes)
+    assert row.seeds == 1 and row.error_mean == 7.2
+    assert any("seed 0 finished twice" in n for n in row.notes)
 
 
 # --------------------------------------------------------------------- unfinished and failed

@@ -18,7 +18,6 @@ from .engine import Engine
 from .errors import UserError
 from .isda import isda_ratio
 from .losses import PLAIN_CE, loss_name
-from .paper import RECIPE_DROPOUT
 from .schedule import lr_factor, scaled_milestones
 from .seeding import init_seed
 from .stream import DataSource, EvalStream, TrainStream, resolve_workers
@@ -149,33 +148,6 @@ def build_optimizer(cfg: DictConfig, params, epochs: int):
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda e: lr_factor(e, epochs, r.schedule, milestones, r.get("gamma") or 1.0))
     return opt, schedule
-
-
-def science_config(cfg: DictConfig) -> dict:
-    """The parts of a config that change results: a resumed run must match them."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    trainer = c.get("trainer", {})
-    keep = {k: trainer.get(k) for k in ("epochs", "batch_size", "precision")}
-    science = {"seed": c["seed"], "model": c["model"],
-               "dataset": _without(c["dataset"], ("root", "download", "npz")),
-               "aug": _without(c["aug"], ("_target_",)),  # how it is built, not what it is
-               "isda": c["isda"], "trainer": keep, "loss": c.get("loss")}
-    return _as_stored_before(science)
-
-
-def _as_stored_before(science: dict) -> dict:
-    """Keys added later (the loss group, ResNet dropout) are left out at their defaults, so the
-    science config of a run started before them is unchanged and that run still resumes."""
-    if (science.get("loss") or {}).get("_target_") == PLAIN_CE:
-        science.pop("loss")
-    net = science["model"].get("net", {})
-    if "drop_rate" in net and not net["drop_rate"] and science["model"].get("name") not in RECIPE_DROPOUT:
-        science["model"] = {**science["model"], "net": _without(net, ("drop_rate",))}
-    return science
-
-
-def _without(d: dict, keys) -> dict:
-    return {k: v for k, v in d.items() if k not in keys}
 
 
 def check_buildable(cfg: DictConfig) -> None:

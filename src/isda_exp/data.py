@@ -7,6 +7,7 @@ in-memory streams of isda_exp.stream.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,9 +85,15 @@ def _torchvision_cifar(name: str, num_classes: int, root: str, download: bool) -
 def read_npz(path: str, name: str, num_classes: int) -> Arrays:
     """Arrays x_train uint8 [N,32,32,3], y_train, x_test, y_test, as unpack_cifar.py writes them."""
     path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(path):
+        raise UserError(f"dataset.npz={path} is a directory; pass the .npz file itself "
+                        f"(e.g. dataset.npz={os.path.join(path, name + '.npz')})")
     if not os.path.isfile(path):
         raise UserError(f"dataset.npz file not found: {path}; pass an existing .npz "
                         "(e.g. written by shared/data/unpack_cifar.py)")
+    if not zipfile.is_zipfile(path):  # np.load would guess a pickle and say "pickled data"
+        raise UserError(f"{path} is not an .npz archive (a zip of numpy arrays); pass the .npz of "
+                        "x_train, y_train, x_test, y_test (e.g. written by shared/data/unpack_cifar.py)")
     try:
         with np.load(path, allow_pickle=False) as f:
             missing = [k for k in NPZ_KEYS if k not in f.files]

@@ -1,8 +1,9 @@
 """Stop signals (Slurm preemption and time limits, submitit, Ctrl-C) turned into a clean pause.
 
-While `catch_signals()` is active, SIGTERM, SIGUSR1, SIGUSR2 and SIGINT only set a flag. The
-trainer polls `requested()` after each step (a Python check, no device sync), writes a
-mid-epoch checkpoint and raises `Preempted`. The CLI then hands the signal on with
+While `catch_signals()` is active, SIGTERM, SIGUSR1, SIGUSR2, SIGINT and SIGHUP (the terminal
+or ssh connection closed; left alone under nohup) only set a flag. The trainer polls
+`requested()` after each step (a Python check, no device sync), writes a mid-epoch checkpoint
+and raises `Preempted`. The CLI then hands the signal on with
 `redeliver()`: to the handler that was there before (submitit's, which requeues the job) or,
 when there was none, to the default action, so the process ends "killed by SIGTERM" as a
 cluster expects, after the work is saved. Ctrl-C ends with status 130 and no traceback.
@@ -15,7 +16,8 @@ import signal
 import sys
 
 SIGNALS = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGUSR1", None),
-                            getattr(signal, "SIGUSR2", None), signal.SIGINT) if s is not None)
+                            getattr(signal, "SIGUSR2", None), signal.SIGINT,
+                            getattr(signal, "SIGHUP", None)) if s is not None)  # SIGHUP: an ssh drop
 _state: dict = {"signum": None, "previous": {}}
 
 
@@ -53,6 +55,8 @@ def catch_signals():
     previous = {}
     with contextlib.suppress(ValueError):  # not the main thread: signals stay as they are
         for s in SIGNALS:
+            if s == getattr(signal, "SIGHUP", None) and signal.getsignal(s) == signal.SIG_IGN:
+                continue  # under nohup a closed terminal is not a reason to stop
             previous[s] = signal.signal(s, _handler)
     _state["previous"] = previous
     try:

@@ -30,7 +30,10 @@ PREVIOUS = "last.prev.pt"
 CHECKPOINT_KEYS = ("epoch", "history", "wall_time", "model", "classifier", "optimizer", "scheduler",
                    "scaler", "rng")
 DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
-               errno.EROFS: "read-only file system", errno.EFBIG: "file size limit exceeded"}
+               errno.EROFS: "read-only file system", errno.EFBIG: "file size limit exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.ENOTDIR: "a file stands where a folder should be",
+               errno.EEXIST: "a file stands where a folder should be"}
 log = logging.getLogger("isda_exp")
 
 
@@ -42,28 +45,41 @@ def disk_errors(path):
     except OSError as e:
         if e.errno not in DISK_ERRORS:
             raise
-        raise UserError(f"{DISK_ERRORS[e.errno]} while writing {path}; free space (or pass "
-                        "out_root=DIR on another disk) and run the same command again: the run "
-                        "resumes from its last checkpoint") from None
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        fix = "free space (or pass out_root=DIR on another disk)" if full else \
+            "pass out_root=DIR on a writable disk (or make this one writable)"
+        raise UserError(f"{DISK_ERRORS[e.errno]} while writing {path}; {fix} and run the same "
+                        "command again: a started run resumes from its last checkpoint") from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], object]) -> None:
     """Write through a temp file in the same folder and rename, so no reader sees half a file."""
     path = Path(path)
     with disk_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = _write_temp(path, write)
         try:
-            with os.fdopen(fd, "wb") as fh:
-                write(fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+
+
+def _write_temp(path: Path, write: Callable[[io.BufferedWriter], object]) -> str:
+    """A complete, fsynced temp file beside `path` (removed again if writing fails)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
 
 
 def finite(obj):
@@ -90,26 +106,40 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """Replace `path` atomically, keeping the checkpoint it replaces as last.prev.pt.
 
     The state is serialised in memory first: torch.save into a file hides the errno of a failed
-    write (a full disk would read "unexpected pos"). The previous file is hard-linked, so a
-    last.pt exists at every instant; the directory is fsynced so the renames survive a crash.
+    write (a full disk would read "unexpected pos"). The new file is written completely before
+    anything is rotated, so a failed save changes nothing; the previous file is then hard-linked,
+    so a last.pt exists at every instant; the directory is fsynced so the renames survive a crash.
     """
     import torch  # here, so that reading run files (the report) does not import torch
 
     buf = io.BytesIO()
     torch.save(state, buf)
     with disk_errors(path):
-        if path.exists():
-            link = path.with_name(f".{PREVIOUS}.link.tmp")
-            link.unlink(missing_ok=True)
-            try:
-                os.link(path, link)
-            except OSError as e:
-                if e.errno in DISK_ERRORS:
-                    raise
-                shutil.copyfile(path, link)  # a file system without hard links
-            os.replace(link, path.with_name(PREVIOUS))
-    atomic_write(path, lambda f: f.write(buf.getbuffer()))
+        tmp = _write_temp(path, lambda f: f.write(buf.getbuffer()))
+        try:
+            if path.exists():
+                _keep_previous(path)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     fsync_dir(path.parent)
+
+
+def _keep_previous(path: Path) -> None:
+    """last.pt -> last.prev.pt by a hard link (a copy where links are not supported)."""
+    previous, link = path.with_name(PREVIOUS), path.with_name(f".{PREVIOUS}.link.tmp")
+    link.unlink(missing_ok=True)
+    if previous.exists() and os.path.samefile(path, previous):
+        previous.unlink()  # a rename onto another link of the same file would do nothing
+    try:
+        os.link(path, link)
+    except OSError as e:
+        if e.errno in DISK_ERRORS:
+            raise
+        shutil.copyfile(path, link)  # a file system without hard links
+    os.replace(link, previous)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -176,6 +206,37 @@ def remove_stray_temps(run_dir: Path) -> list[Path]:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
     return stray
+
+
+class RunLog(logging.FileHandler):
+    """train.log (Hydra's job logging): opened at the first record, so a command refused before
+    it logs leaves no file; a directory that cannot be written drops the file log in silence
+    instead of printing a logging traceback (the run then stops with one line at its first write)."""
+
+    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None):
+        super().__init__(filename, mode, encoding, delay=True)
+        self.broken = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.broken:
+            return
+        try:
+            super().emit(record)
+        except OSError:
+            self.broken = True
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.broken = True
+
+
+def check_writable(folder: Path) -> None:
+    """Create `folder` and write a probe file in it: one UserError line if it cannot be written."""
+    folder = Path(folder)
+    with disk_errors(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write_probe.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
 
 
 class MetricsLog:

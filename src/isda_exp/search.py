@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
+from .identity import flatten
 from .report.runs import ReportError, Run, load_runs
-from .runfiles import CONFIG, read_json
+from .runfiles import CONFIG
 
 
 @dataclass
@@ -49,37 +50,19 @@ def lookup(config: dict, dotted: str):
     return node
 
 
-def _config(run: Run) -> dict | None:
-    if run.config is not None:
-        return run.config
-    try:
-        data = read_json(run.path / CONFIG)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _flat(d, prefix=""):
-    if isinstance(d, dict):
-        for k, v in d.items():
-            yield from _flat(v, f"{prefix}{k}.")
-    else:
-        yield prefix.rstrip("."), d
-
-
 def collect(root, param: str) -> tuple[list[Value], list[tuple[Run, str]]]:
     """(values with their finished hold-out runs, sorted; runs left out with the reason)."""
     values: dict[object, Value] = {}
     left_out: list[tuple[Run, str]] = []
     reference: tuple[Path, dict] | None = None
     for run in load_runs(root):
-        config = _config(run)
+        config = run.config  # run_config.json, read once by load_runs
         try:
             value = lookup(config or {}, param)
         except KeyError:
             left_out.append((run, f"no {param} in its {CONFIG}"))
             continue
-        rest = {k: v for k, v in _flat(config) if k not in (param, "seed")}
+        rest = {k: v for k, v in flatten(config) if k not in (param, "seed")}
         if reference is None:
             reference = (run.path, rest)
         elif rest != reference[1]:

@@ -7,13 +7,14 @@ from omegaconf import DictConfig
 
 from . import distributed
 from .device import device_name
+from .identity import summary_fields
 from .losses import loss_name
 
 
 def summarise(cfg: DictConfig, run, history: list[dict], wall: float) -> dict:
     """The paper's number (mean test error of the last 10 epochs) with the run's identity."""
     errors = [r["test_error"] for r in history]
-    return {
+    return {**summary_fields(cfg, distributed.world()),  # the run's label and science, computed once
         "test_error_last10": float(np.mean(errors[-10:])), "test_error_final": errors[-1],
         "test_error_best": min(errors), "epochs": run.epochs,
         "recipe_epochs": int(cfg.model.recipe.epochs), "batch_size": run.batch_size,

@@ -15,8 +15,9 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from . import checkpoint, distributed, preempt, runfiles
-from .build import Run, build_run, science_config
+from .build import Run, build_run
 from .errors import UserError
+from .identity import science_config
 from .seeding import train_noise_seed
 from .summary import summarise
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from isda_exp import paper
+from isda_exp import identity, paper
 
-from .runs import Key, Run, _num
+from .runs import Key, ReportError, Run, _num
 
 DATASET_ORDER = ("cifar10", "cifar100", "synthetic")
 AUG_ORDER = ("baseline", "cutout", "autoaugment")
@@ -43,16 +43,21 @@ class Row:
 
 
 def aggregate(runs: Iterable[Run]) -> list[Row]:
-    """Group finished runs by (dataset, model, aug, method/variant), in the paper's order."""
+    """Group finished runs by (dataset, model, aug, method/variant), in the paper's order.
+
+    Runs of one group must share their whole science config except the seed
+    (identity.comparable): a group that would average unlike runs is refused (ReportError naming
+    the keys that differ and the runs); a seed finished twice is counted once, with a note.
+    """
     groups: dict[Key, list[Run]] = defaultdict(list)
     for run in runs:
         if run.status == "finished" and run.key is not None:
             groups[run.key].append(run)
-    return sorted((_row(key, members) for key, members in groups.items()),
+    return sorted((_row(key, *_members(key, members)) for key, members in groups.items()),
                   key=lambda r: _order(r.key))
 
 
-def _row(key: Key, members: list[Run]) -> Row:
+def _row(key: Key, members: list[Run], notes: tuple[str, ...]) -> Row:
     errors = [float(r.summary["test_error_last10"]) for r in members]
     n = len(errors)
     mean = math.fsum(errors) / n
@@ -64,21 +69,44 @@ def _row(key: Key, members: list[Run]) -> Row:
                paper_mean=published[0] if published else None,
                paper_std=published[1] if published else None,
                smoke=any(r.smoke for r in members), epochs=epochs,
-               runs=tuple(r.path for r in members), notes=_group_notes(key, members))
+               runs=tuple(r.path for r in members), notes=notes)
 
 
-def _group_notes(key: Key, members: list[Run]) -> tuple[str, ...]:
-    """Warnings for groups that average things that should not be averaged together."""
+def _members(key: Key, members: list[Run]) -> tuple[list[Run], tuple[str, ...]]:
+    """The runs to average, one per seed, after checking that they are alike."""
+    members = sorted(members, key=lambda r: str(r.path))
+    sciences = [r.science for r in members]
+    differ = identity.differences(sciences)
+    if differ:
+        raise ReportError(f"{'/'.join(key)} holds runs whose science configs differ, which the "
+                          f"report never averages: {_differing(differ, members, sciences)}; move "
+                          "the odd runs to another folder (or give them another out_root) and "
+                          "report each folder on its own")
+    kept: dict[object, Run] = {}
     notes = []
-    seeds = [r.summary.get("seed") for r in members]
-    dupes = sorted({str(s) for s in seeds if seeds.count(s) > 1})
-    if dupes:
-        notes.append(f"{'/'.join(key)}: seed(s) {', '.join(dupes)} appear in several runs")
-    for name in ("epochs", "train_size", "lambda_0"):
-        values = {repr(r.summary.get(name)) for r in members}
-        if len(values) > 1:
-            notes.append(f"{'/'.join(key)}: runs differ in {name} ({', '.join(sorted(values))})")
-    return tuple(notes)
+    for run in members:
+        seed = run.summary.get("seed")
+        if seed is not None and seed in kept:
+            notes.append(f"{'/'.join(key)}: seed {seed} finished twice ({kept[seed].path} and "
+                         f"{run.path}); counted once")
+            continue
+        kept[seed if seed is not None else id(run)] = run
+    return list(kept.values()), tuple(notes)
+
+
+def _differing(keys: list[str], members: list[Run], sciences: list[dict]) -> str:
+    """'key: value (runs), value (runs)' for the first differing keys."""
+    parts = []
+    for k in keys[:3]:
+        by_value: dict[str, list[str]] = defaultdict(list)
+        for run, science in zip(members, sciences):
+            if k in science:
+                by_value[repr(science[k])].append(str(run.path))
+        values = [f"{v} in {', '.join(paths[:2])}{' ...' if len(paths) > 2 else ''}"
+                  for v, paths in by_value.items()]
+        parts.append(f"{k} = {'; '.join(values)}")
+    more = f" (and {len(keys) - 3} more keys)" if len(keys) > 3 else ""
+    return " | ".join(parts) + more
 
 
 def _order(key: Key) -> tuple:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from isda_exp import paper
+from isda_exp import identity, paper
 from isda_exp.errors import UserError
 from isda_exp.runfiles import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY
 
@@ -50,7 +50,12 @@ class Run:
     key: Key | None = None
     last_epoch: int | None = None
     error: str | None = None
-    config: dict | None = None  # run_config.json of an unfinished run
+    config: dict | None = None  # run_config.json, when readable
+
+    @property
+    def science(self) -> dict:
+        """What runs averaged together must share (identity.comparable): flat keys."""
+        return identity.comparable(self.summary or {}, self.config)
 
     @property
     def smoke(self) -> bool:
@@ -117,7 +122,7 @@ def _read_run(path: Path, names: set[str]) -> Run:
         except (OSError, ValueError) as exc:
             return Run(path, "failed", last_epoch=last, key=key, config=config,
                        error=f"unreadable summary.json: {exc}")
-        return Run(path, "finished", summary, key, last_epoch=summary.get("epochs", last))
+        return Run(path, "finished", summary, key, last_epoch=summary.get("epochs", last), config=config)
     if FAILED in names:
         try:
             info = _read_json(path / FAILED)
@@ -143,10 +148,7 @@ def _summary_key(summary: dict) -> Key:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
     if _num(summary["test_error_last10"]) is None:
         raise ValueError(f"test_error_last10 is {summary['test_error_last10']!r}, not a number")
-    model = str(summary["model"])  # a summary from before drop_rate existed ran the recipe's rate
-    rate = summary.get("drop_rate", paper.RECIPE_DROPOUT.get(model, 0.0))
-    label = paper.method_label(str(summary["method"]), summary.get("variant"), model, rate)
-    label += HOLDOUT if summary.get("eval_split") == "holdout" else ""
+    label = identity.summary_label(summary) + (HOLDOUT if summary.get("eval_split") == "holdout" else "")
     return (str(summary["dataset"]), str(summary["model"]), str(summary["aug"]), label)
 
 
@@ -155,14 +157,7 @@ def _config_key(config: dict | None) -> Key | None:
     if not config:
         return None
     try:
-        isda, model = config["isda"], str(config["model"]["name"])
-        rate = config["model"].get("net", {}).get("drop_rate", paper.RECIPE_DROPOUT.get(model, 0.0))
-        if not isda.get("loss"):  # no ISDA: the loss's name (baseline for cross-entropy)
-            label = paper.method_label(str(isda.get("name") or "baseline"), None, model, rate)
-        else:
-            variant = "constant" if isda.get("constant") else isda["loss"].get("covariance")
-            label = paper.method_label("isda", variant, model, rate)
-        label += HOLDOUT if config["dataset"].get("validation") else ""
+        label = identity.config_label(config) + (HOLDOUT if config["dataset"].get("validation") else "")
         return (str(config["dataset"]["name"]), str(config["model"]["name"]),
                 str(config["aug"]["name"]), label)
     except (KeyError, TypeError, AttributeError):
