@@ -16,19 +16,11 @@ from omegaconf import DictConfig
 from . import distributed, preempt, runfiles
 from .build import check_loss, science_config
 from .errors import UserError
+from .paths import config_dir
 from .runlock import RunLock, RunLocked, record_elsewhere
 from .validate import check_config
 
 log = logging.getLogger("isda_exp")
-
-
-def config_dir() -> str:
-    """configs/ ships inside the wheel (isda_exp/configs); an editable install uses the repo's."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parents[1] / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"isda_exp configs not found beside {here}; reinstall the package")
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="train")
