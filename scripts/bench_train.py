@@ -51,7 +51,7 @@ def composed(*overrides: str):
     """The run configuration the CLI would build from these overrides."""
     from hydra import compose, initialize_config_dir
 
-    from isda_exp.cli import config_dir
+    from isda_exp.paths import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         return compose("train", overrides=list(overrides))
@@ -249,7 +249,6 @@ ASSUMED_TFLOPS = {
     "shake26_2x32d": 50, "wrn16_8": 80, "wrn28_10": 100, "resnext29_8x64d": 90,
     "densenet_bc190_40": 60, "shake26_2x112d": 100,
 }
-TEST_IMAGES, TRAIN_IMAGES = 10_000, 50_000
 ISDA_OVERHEAD = 1.03  # the GPU target; half of the runs are ISDA runs
 
 
@@ -257,9 +256,9 @@ def sweep_runs(experiment: str) -> dict[str, int]:
     """Runs per model of a paper table, counted from configs/experiment/<name>.yaml's sweep."""
     from omegaconf import OmegaConf
 
-    from isda_exp.cli import config_dir
+    from isda_exp.paths import config_file
 
-    params = OmegaConf.load(Path(config_dir()) / "experiment" / f"{experiment}.yaml").hydra.sweeper.params
+    params = OmegaConf.load(config_file("experiment", experiment)).hydra.sweeper.params
     sizes = {k: len(str(v).split(",")) for k, v in params.items()}
     others = 1
     for k, n in sizes.items():
@@ -269,14 +268,16 @@ def sweep_runs(experiment: str) -> dict[str, int]:
 
 def run_hours(model: str, measured: dict) -> tuple[float, str]:
     """GPU-hours of one full-recipe run: measured images/s when known, else the assumed TFLOP/s."""
-    from isda_exp.models import recipe_epochs, training_pflops
+    from isda_exp import cost
+    from isda_exp.models import flops_per_image, recipe_epochs
 
-    test_share = 1 + TEST_IMAGES / (3 * TRAIN_IMAGES)  # the test pass after each epoch: forward only
-    if model in measured:
-        seconds = recipe_epochs(model) * TRAIN_IMAGES / measured[model]
-        return seconds * test_share * (1 + (ISDA_OVERHEAD - 1) / 2) / 3600, "measured"
-    seconds = training_pflops(model) * 1e15 / (ASSUMED_TFLOPS[model] * 1e12)
-    return seconds * test_share * (1 + (ISDA_OVERHEAD - 1) / 2) / 3600, "assumed"
+    isda_share = 1 + (ISDA_OVERHEAD - 1) / 2
+    if model in measured:  # the test pass after each epoch: forward only
+        seconds = recipe_epochs(model) * cost.CIFAR_TRAIN / measured[model] * cost.eval_overhead()
+        return seconds * isda_share / 3600, "measured"
+    pflops = cost.run_pflops(flops_per_image(model), recipe_epochs(model), cost.CIFAR_TRAIN,
+                             cost.CIFAR_TEST)
+    return cost.gpu_hours(pflops, ASSUMED_TFLOPS[model]) * isda_share, "assumed"
 
 
 def schedule(jobs: list[float], gpus: int) -> float:

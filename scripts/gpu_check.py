@@ -51,10 +51,12 @@ def no_gpu_reason() -> str | None:
 
 def check_run(run_dir: Path, epochs: int) -> dict:
     """A finished run: summary.json present, `epochs` metric rows, every number finite."""
+    from isda_exp.runfiles import METRICS, SUMMARY
+
     problems = []
-    summary_path, metrics_path = run_dir / "summary.json", run_dir / "metrics.jsonl"
+    summary_path, metrics_path = run_dir / SUMMARY, run_dir / METRICS
     if not summary_path.is_file():
-        problems.append("no summary.json")
+        problems.append(f"no {SUMMARY}")
     rows = []
     if metrics_path.is_file():
         rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
@@ -102,6 +104,8 @@ def generated_data(out: Path) -> Path:
 
 def step_runs(args, out: Path) -> dict:
     """9 runs, the 3 augmentations of a precision at once (ResNet-32 does not fill a big GPU)."""
+    from isda_exp.runfiles import run_path
+
     npz = generated_data(out)
     workers = max(1, ((os.cpu_count() or 4) - 3) // 3)  # AutoAugment's share of the cores
     rows = []
@@ -121,7 +125,7 @@ def step_runs(args, out: Path) -> dict:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 tail, rc = f"timed out after {args.budget_run:.0f} s", None
-            check = check_run(root / "cifar10" / "resnet32" / aug / "isda" / "seed0", 2)
+            check = check_run(run_path(root, "cifar10", "resnet32", aug, "isda"), 2)
             if rc != 0:
                 check["problems"].insert(0, f"exit {rc}: {tail}")
                 check["ok"] = False
@@ -170,6 +174,8 @@ def step_bench(args, out: Path) -> dict:
 def step_ddp(args, out: Path) -> dict:
     import torch
 
+    from isda_exp.runfiles import run_path
+
     if torch.cuda.device_count() < 2:
         return {"ok": None, "skipped": f"{torch.cuda.device_count()} GPU: needs 2 or more"}
     npz = generated_data(out)
@@ -179,7 +185,7 @@ def step_ddp(args, out: Path) -> dict:
                  f"dataset.npz={npz}", "model=resnet32", "isda=on", "trainer.epochs=2",
                  "trainer.precision=bf16", "trainer.progress=false", f"out_root={root}"],
                 args.budget_run)
-    check = check_run(root / "cifar10" / "resnet32" / "baseline" / "isda" / "seed0", 2)
+    check = check_run(run_path(root, "cifar10", "resnet32", "baseline", "isda"), 2)
     if r["rc"] != 0:
         check["problems"].insert(0, f"exit {r['rc']}: {r['tail'][-300:]}")
         check["ok"] = False

@@ -68,3 +68,21 @@ def test_summary_has_every_step_and_says_which_failed():
     assert "| bench | FAIL | RuntimeError: boom |" in md
     assert "| cutout | fp16 | FAIL |  | 90.000 | 12.0 | epoch 2: non-finite train_loss |" in md
     assert "| 2 | isda.py:154 update_statistics <- trainer.py:170 _step |" in md
+
+
+@pytest.mark.parametrize("overrides, args", [
+    (["isda=on", "aug=cutout"], ("cutout", "isda")),  # step_runs
+    (["isda=on"], ("baseline", "isda")),  # step_ddp
+    (["isda=off", "seed=2"], ("baseline", "baseline", 2)),
+])
+def test_the_run_it_checks_is_where_the_cli_trains(tmp_path, overrides, args):
+    from hydra import compose, initialize_config_dir
+
+    from isda_exp.paths import config_dir
+    from isda_exp.runfiles import run_dir_of, run_path
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=["dataset=cifar10", "model=resnet32", f"out_root={tmp_path}",
+                                          *overrides])
+    assert run_dir_of(cfg) == tmp_path / cfg.run_name
+    assert run_path(tmp_path, "cifar10", "resnet32", *args) == run_dir_of(cfg)

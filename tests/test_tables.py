@@ -500,3 +500,28 @@ def test_tables_3_and_5_match_the_paper_text():
     assert read == [(name, c10, c100) for name, _, c10, c100 in paper.TABLE5_ROWS]
     assert paper.table_number(5, "cifar100", "wrn28_10", "Basic") == (18.58, 0.10)  # Table 1: 18.53
     assert paper.paper_number("cifar100", "wrn28_10", "baseline", "baseline") == (18.53, 0.07)
+
+
+def test_each_table_holds_only_the_cells_its_registry_entry_names(capsys):
+    """The registry is the one source: what a table selects lies within the augs and methods its
+    entry names (those the "no finished runs for Table N" message lists), and every named method
+    fills a cell; the CLI offers exactly the registered tables."""
+    from isda_exp.report import TABLES, Row, main, table_rows
+
+    every = {m for t in TABLES.values() for m in t.methods} | {"isda-other", "focal+dropout"}
+    augs = ("baseline", "cutout", "autoaugment", "randaugment")
+    rows = [Row(d, m, a, me, 1, 5.0, None, None, None, False)
+            for d in ("cifar10", "cifar100") for m in ("resnet110", "wrn28_10", "shake26_2x32d")
+            for a in augs for me in sorted(every)]
+    for number, layout in TABLES.items():
+        shown = table_rows(rows, number)
+        assert shown and all(r.aug in layout.augs and r.method in layout.methods for r in shown), number
+        assert {r.method for r in shown} == set(layout.methods), number
+    assert TABLES[3].methods == tuple(dict.fromkeys(
+        paper.table3_label(me, d, m) for _, me, d, _ in paper.TABLE3_ROWS for m in paper.TABLE3_MODELS
+        if me is not None))
+    assert TABLES[5].methods == tuple(label for _, label, _, _ in paper.TABLE5_ROWS)
+    assert sorted(TABLES) == [1, 2, 3, 5]
+    with pytest.raises(SystemExit) as exit_:
+        main(["runs", "--table", "4"])
+    assert exit_.value.code == 2 and "choose from 1, 2, 3, 5" in capsys.readouterr().err

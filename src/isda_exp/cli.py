@@ -18,19 +18,11 @@ from . import distributed, preempt, runfiles, runlock
 from .build import check_buildable
 from .errors import UserError
 from .identity import science_config
+from .paths import config_dir
 from .runlock import RunLock, RunLocked, record_elsewhere
 from .validate import check_added_keys, check_config, check_known_keys
 
 log = logging.getLogger("isda_exp")
-
-
-def config_dir() -> str:
-    """configs/ ships inside the wheel (isda_exp/configs); an editable install uses the repo's."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "configs", here.parents[1] / "configs"):
-        if (candidate / "train.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"isda_exp configs not found beside {here}; reinstall the package")
 
 
 def main() -> None:

@@ -1,23 +1,24 @@
 """`python -m isda_exp.plan experiment=table1 [overrides]`: the runs a sweep would launch and their cost.
 
-Nothing is trained. Each run's cost is counted from the zoo's measured forward FLOPs: training is
-about 3x forward (forward + backward) per image, plus one forward pass over the test set per epoch.
+Nothing is trained. Each run's cost is counted by the cost model (isda_exp.cost) from the zoo's
+measured forward FLOPs: training is about 3x forward (forward + backward) per image, plus one
+forward pass over the test set per epoch.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import sys
-from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from . import cost
 from .build import run_length
-from .cli import config_dir
-from .runfiles import SUMMARY
+from .paths import config_dir
+from .runfiles import CHECKPOINT, SUMMARY, run_dir_of
 
-FULL_SIZES = {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}
+FULL_SIZES = dict.fromkeys(("cifar10", "cifar100"), (cost.CIFAR_TRAIN, cost.CIFAR_TEST))
 
 
 def sweep_overrides(experiment_overrides: list[str]) -> list[list[str]]:
@@ -58,7 +59,7 @@ def job_cost(cfg) -> dict:
     n_test = cfg.dataset.test_subset or n_test
     flops = flops_per_image(cfg.model.net.name, cfg.dataset.num_classes)
     return {"epochs": epochs, "train_images": n_train,
-            "pflops": (3 * n_train + n_test) * epochs * flops / 1e15}
+            "pflops": cost.run_pflops(flops, epochs, n_train, n_test)}
 
 
 def plan(overrides: list[str], tflops: float) -> list[dict]:
@@ -66,12 +67,12 @@ def plan(overrides: list[str], tflops: float) -> list[dict]:
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         for job in sweep_overrides(overrides):
             cfg = compose("train", overrides=job)
-            run_dir = Path(cfg.out_root) / cfg.run_name
+            run_dir = run_dir_of(cfg)
             status = ("finished" if (run_dir / SUMMARY).exists()
-                      else "resume" if (run_dir / "last.pt").exists() else "new")
-            cost = job_cost(cfg)
-            rows.append({"run": str(run_dir), "status": status, **cost,
-                         "gpu_hours": cost["pflops"] * 1e15 / (tflops * 1e12) / 3600})
+                      else "resume" if (run_dir / CHECKPOINT).exists() else "new")
+            job = job_cost(cfg)
+            rows.append({"run": str(run_dir), "status": status, **job,
+                         "gpu_hours": cost.gpu_hours(job["pflops"], tflops)})
     return rows
 
 

@@ -268,3 +268,14 @@ class MetricsLog:
 
 def _line(row: dict) -> str:
     return json.dumps(finite(row), allow_nan=False) + "\n"
+
+
+def run_path(out_root: str | os.PathLike, dataset: str, model: str, aug: str, method: str,
+             seed: int = 0) -> Path:
+    """The directory a run trains in: configs/train.yaml's run_name, ${out_root}/${run_name}."""
+    return Path(out_root) / dataset / model / aug / method / f"seed{seed}"
+
+
+def run_dir_of(cfg) -> Path:
+    """The directory of a composed run configuration (what the CLI trains in)."""
+    return Path(cfg.out_root) / cfg.run_name

@@ -1,6 +1,7 @@
 """`python -m isda_exp.models [--num-classes C]`: print the zoo's sizes and training costs."""
 import argparse
 
+from ..cost import CIFAR_TRAIN, TRAIN_PASSES
 from ._stats import zoo_table
 
 
@@ -11,7 +12,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.num_classes < 1:
         parser.error(f"--num-classes must be >= 1, got {args.num_classes}")
     print(f"CIFAR models, C={args.num_classes}; params and FLOPs include the classifier; "
-          "train cost = 3 x forward x 50,000 x recipe epochs")
+          f"train cost = {TRAIN_PASSES} x forward x {CIFAR_TRAIN:,} x recipe epochs")
     print(zoo_table(args.num_classes))
 
 

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..cost import CIFAR_TRAIN, run_pflops
+from ..paths import config_file
 from ._registry import create_model, list_models
-
-TRAIN_IMAGES = 50_000  # CIFAR training set size
 
 
 def _with_classifier(name: str, num_classes: int) -> nn.Module:
@@ -38,31 +37,16 @@ def flops_per_image(name: str, num_classes: int = 10) -> int:
     return int(counter.get_total_flops())
 
 
-def _config_dirs() -> list[Path]:
-    """Where configs/model lives: inside the installed package, or at the top of the source tree."""
-    package = Path(__file__).resolve().parents[1]  # .../isda_exp
-    return [package / "configs" / "model", package.parents[1] / "configs" / "model"]
-
-
-def _model_config(name: str) -> Path:
-    """Path of configs/model/<name>.yaml; FileNotFoundError naming the places searched."""
-    dirs = _config_dirs()
-    for d in dirs:
-        if (d / f"{name}.yaml").is_file():
-            return d / f"{name}.yaml"
-    raise FileNotFoundError(f"no model config {name}.yaml in {', '.join(map(str, dirs))}")
-
-
 def recipe_epochs(name: str) -> int:
     """Epochs of the model's training recipe, read from its config."""
     from omegaconf import OmegaConf
 
-    return int(OmegaConf.load(_model_config(name)).recipe.epochs)
+    return int(OmegaConf.load(config_file("model", name)).recipe.epochs)
 
 
 def training_pflops(name: str, num_classes: int = 10) -> float:
-    """One full-recipe run: 3 x forward FLOPs (forward + backward) x 50,000 images x epochs, in PFLOPs."""
-    return 3 * flops_per_image(name, num_classes) * TRAIN_IMAGES * recipe_epochs(name) / 1e15
+    """One full-recipe run's training (no test passes) in PFLOPs: the cost model over 50,000 images."""
+    return run_pflops(flops_per_image(name, num_classes), recipe_epochs(name), CIFAR_TRAIN)
 
 
 def zoo_table(num_classes: int = 10) -> str:

@@ -5,12 +5,14 @@ import argparse
 import os
 import sys
 
-from isda_exp.runfiles import atomic_write
+from isda_exp.runfiles import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY, atomic_write
 
 from .curves import plot_curves
 from .groups import aggregate
+from .listing import format_pending
+from .render import FORMATS
 from .runs import ReportError, load_runs, select_runs
-from .tables import TABLE_FILTERS, format_comparisons, format_pending, format_table, table_rows
+from .tables import TABLES, format_comparisons, format_table, table_rows
 
 
 def build_report(root: str | os.PathLike, fmt: str = "md", table: int | None = None,
@@ -19,8 +21,8 @@ def build_report(root: str | os.PathLike, fmt: str = "md", table: int | None = N
     its Welch CI) and, for CSV, the not-averaged listing kept apart."""
     runs = select_runs(load_runs(root), **(select or {}))
     if not runs:
-        raise ReportError(f"no runs under '{root}' (no folder with summary.json, failed.json, "
-                          "metrics.jsonl, last.pt or run_config.json); check the path")
+        raise ReportError(f"no runs under '{root}' (no folder with {SUMMARY}, {FAILED}, "
+                          f"{METRICS}, {CHECKPOINT} or {CONFIG}); check the path")
     rows = aggregate(runs)
     if not rows:
         pending = sum(r.status == "in_progress" for r in runs)
@@ -29,7 +31,7 @@ def build_report(root: str | os.PathLike, fmt: str = "md", table: int | None = N
                           listing=format_pending(runs, "csv", root))
     shown = table_rows(rows, table)
     if not shown:
-        augs, methods = TABLE_FILTERS[table]
+        augs, methods = TABLES[table].augs, TABLES[table].methods
         raise ReportError(f"no finished runs for Table {table} (aug {'/'.join(augs)}, method "
                           f"{'/'.join(methods)}); drop --table to see the {len(rows)} groups")
     text = format_comparisons(rows, fmt, table) if comparisons else format_table(rows, fmt, table)
@@ -69,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         "method), beside the ISDA paper's numbers; each method minus baseline with --compare; or "
         "Figure 2's curves with --curves."))
     p.add_argument("runs_dir", help="folder holding the run directories (searched recursively)")
-    p.add_argument("--format", choices=("md", "csv", "tex"), default="md")
-    p.add_argument("--table", type=int, choices=sorted(TABLE_FILTERS),
+    p.add_argument("--format", choices=FORMATS, default="md")
+    p.add_argument("--table", type=int, choices=sorted(TABLES),
                    help="lay out as the paper's Table 1, 2, 3 or 5")
     p.add_argument("--out", help="write to this file (atomically) instead of stdout")
     p.add_argument("--curves", metavar="OUT.png", help="plot test error per epoch instead")

@@ -11,7 +11,7 @@ from typing import Iterable
 from isda_exp import paper
 from isda_exp.runfiles import METRICS, atomic_write
 
-from .groups import _order
+from .groups import group_order
 from .runs import Key, ReportError, Run, load_runs, read_metrics
 
 
@@ -43,7 +43,7 @@ def curve_data(runs: Iterable[Run]) -> list[Curve]:
         if metrics:
             per_group[run.key].append((run, metrics))
     curves = []
-    for key in sorted(per_group, key=_order):
+    for key in sorted(per_group, key=group_order):
         members = per_group[key]
         epochs = sorted({e for _, m in members for e in m})
         values = [[m[e] for _, m in members if e in m] for e in epochs]
@@ -64,7 +64,7 @@ def plot_curves(root: str | os.PathLike, out_png: str | os.PathLike,
     if not curves:
         raise ReportError(f"no metrics.jsonl with test errors under '{root}'; "
                           "nothing to plot (have the runs finished an epoch?)")
-    panels = sorted({c.key[:3] for c in curves}, key=lambda k: _order((*k, "")))
+    panels = sorted({c.key[:3] for c in curves}, key=lambda k: group_order((*k, "")))
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig = Figure(figsize=(5.0 * ncols, 3.8 * nrows), layout="constrained")

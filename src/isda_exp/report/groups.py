@@ -9,7 +9,7 @@ from typing import Iterable
 
 from isda_exp import identity, paper
 
-from .runs import Key, ReportError, Run, _num
+from .runs import Key, ReportError, Run, number_or_none
 
 DATASET_ORDER = ("cifar10", "cifar100", "synthetic")
 AUG_ORDER = ("baseline", "cutout", "autoaugment")
@@ -54,7 +54,7 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
         if run.status == "finished" and run.key is not None:
             groups[run.key].append(run)
     return sorted((_row(key, *_members(key, members)) for key, members in groups.items()),
-                  key=lambda r: _order(r.key))
+                  key=lambda r: group_order(r.key))
 
 
 def _row(key: Key, members: list[Run], notes: tuple[str, ...]) -> Row:
@@ -64,7 +64,7 @@ def _row(key: Key, members: list[Run], notes: tuple[str, ...]) -> Row:
     std = math.sqrt(math.fsum((e - mean) ** 2 for e in errors) / (n - 1)) if n > 1 else None
     published = paper.paper_number(*key)
     epochs = tuple(sorted({int(r.summary["epochs"]) for r in members
-                           if _num(r.summary.get("epochs")) is not None}))
+                           if number_or_none(r.summary.get("epochs")) is not None}))
     return Row(*key, seeds=n, error_mean=mean, error_std=std,
                paper_mean=published[0] if published else None,
                paper_std=published[1] if published else None,
@@ -109,7 +109,7 @@ def _differing(keys: list[str], members: list[Run], sciences: list[dict]) -> str
     return " | ".join(parts) + more
 
 
-def _order(key: Key) -> tuple:
+def group_order(key: Key) -> tuple:
     dataset, model, aug, method = key
     models = tuple(paper.MODEL_NAMES)
     return (_rank(dataset, DATASET_ORDER), dataset, _rank(model, models), model,

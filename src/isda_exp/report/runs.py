@@ -63,12 +63,12 @@ class Run:
         if self.summary is None:
             return _config_smoke(self.config or {})
         s = self.summary
-        short = _num(s.get("epochs")) is not None and _num(s.get("recipe_epochs")) is not None \
+        short = number_or_none(s.get("epochs")) is not None and number_or_none(s.get("recipe_epochs")) is not None \
             and s["epochs"] < s["recipe_epochs"]
-        subset = (_num(s.get("train_size")) is not None and s["train_size"] < FULL_TRAIN_SIZE) \
-            or (_num(s.get("test_size")) is not None and s["test_size"] < FULL_TEST_SIZE)
+        subset = (number_or_none(s.get("train_size")) is not None and s["train_size"] < FULL_TRAIN_SIZE) \
+            or (number_or_none(s.get("test_size")) is not None and s["test_size"] < FULL_TEST_SIZE)
         if s.get("eval_split") == "holdout":  # the hold-out comes out of the 50,000 training images
-            subset = not (_num(s.get("train_size")) is not None and _num(s.get("test_size")) is not None
+            subset = not (number_or_none(s.get("train_size")) is not None and number_or_none(s.get("test_size")) is not None
                           and s["train_size"] + s["test_size"] >= FULL_TRAIN_SIZE)
         return bool(short or subset or s.get("dataset") == "synthetic")
 
@@ -84,7 +84,7 @@ def _config_smoke(config: dict) -> bool:
         return False
 
 
-def _num(value) -> float | None:
+def number_or_none(value) -> float | None:
     """The value if it is a real number (bools excluded), else None."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -146,7 +146,7 @@ def _summary_key(summary: dict) -> Key:
     missing = [f for f in REQUIRED_FIELDS if f not in summary]
     if missing:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
-    if _num(summary["test_error_last10"]) is None:
+    if number_or_none(summary["test_error_last10"]) is None:
         raise ValueError(f"test_error_last10 is {summary['test_error_last10']!r}, not a number")
     label = identity.summary_label(summary) + (HOLDOUT if summary.get("eval_split") == "holdout" else "")
     return (str(summary["dataset"]), str(summary["model"]), str(summary["aug"]), label)
@@ -189,7 +189,7 @@ def read_metrics(path: Path) -> dict[int, float]:
             epoch, error = row["epoch"], row["test_error"]
         except (ValueError, KeyError, TypeError):
             continue
-        if _num(epoch) is not None and _num(error) is not None:
+        if number_or_none(epoch) is not None and number_or_none(error) is not None:
             errors[int(epoch)] = float(error)  # a resumed run may log an epoch twice: keep the last
     return errors
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from isda_exp import paper
 
 from .groups import Row
-from .tables import MISSING, _SUB, _Grid, _fmt, _mean_std, csv_text, num
+from .render import CELL_COLUMNS, MISSING, Grid, csv_text, mean_std, num, result_cells
 
 DATASETS = ("cifar10", "cifar100")
 
@@ -34,12 +34,23 @@ class Cell:
         return self.ours.error_mean - self.published[0]
 
 
+def paper_models(table: int) -> tuple[str, ...]:
+    """The models the paper prints the table for."""
+    return (paper.TABLE5_MODEL,) if table == 5 else paper.TABLE3_MODELS
+
+
 def table_labels(table: int, model: str) -> tuple[str, ...]:
     """The method labels that fill the table's cells for a model, in the paper's row order."""
     if table == 5:
         return tuple(label for _, label, _, _ in paper.TABLE5_ROWS)
     return tuple(paper.table3_label(method, dropout, model)
                  for _, method, dropout, _ in paper.TABLE3_ROWS if method is not None)
+
+
+def labels(table: int) -> tuple[str, ...]:
+    """Every method label of the table's cells on the paper's models, row by row."""
+    per_model = [table_labels(table, m) for m in paper_models(table)]
+    return tuple(dict.fromkeys(label for row in zip(*per_model) for label in row))
 
 
 def _specific(label: str) -> bool:
@@ -49,7 +60,7 @@ def _specific(label: str) -> bool:
 
 def models(table: int, rows: list[Row]) -> list[str]:
     """The paper's models of the table, then any other model with a run of a method of its own."""
-    own = (paper.TABLE5_MODEL,) if table == 5 else paper.TABLE3_MODELS
+    own = paper_models(table)
     extra = {r.model for r in rows if r.aug == "baseline" and r.model not in own
              and r.method in table_labels(table, r.model) and _specific(r.method)}
     order = tuple(paper.MODEL_NAMES)
@@ -85,20 +96,17 @@ def cells(table: int, rows: list[Row]) -> list[list[Cell]]:
 
 
 def _text(cell: Cell) -> list[str]:
-    published = _mean_std(*cell.published) if cell.published else MISSING
     if cell.label is None:
-        return ["not reproduced", published, MISSING]
-    if cell.ours is None:
-        return [MISSING, published, MISSING]
-    ours = f"{_mean_std(cell.ours.error_mean, cell.ours.error_std)} ({cell.ours.seeds})"
-    return [ours, published, _fmt(cell.diff, "+.2f")]
+        return ["not reproduced", mean_std(*cell.published) if cell.published else MISSING, MISSING]
+    return result_cells(cell.ours, cell.published, cell.diff)
 
 
-def grid(table: int, rows: list[Row]) -> _Grid:
+def grid(table: int, rows: list[Row]) -> Grid:
     table_cells = cells(table, rows)
     heads = [(c.model, c.dataset) for c in table_cells[0]]
     columns = [("", "Method")]
-    columns += [(f"{paper.model_name(m)} {paper.DATASET_SHORT.get(d, d)}", s) for m, d in heads for s in _SUB]
+    columns += [(f"{paper.model_name(m)} {paper.DATASET_SHORT.get(d, d)}", s) for m, d in heads
+                for s in CELL_COLUMNS]
     out = []
     for line in table_cells:
         name = line[0].row
@@ -109,7 +117,7 @@ def grid(table: int, rows: list[Row]) -> _Grid:
             if table == 3 else "Table 5: the ablation, test error (%) (standard augmentation)")
     title = (f"{what} -- mean ± sample std of the last-10-epoch error across seeds (n), beside "
              "the numbers this table prints (\"—\": not run, or \"-\" in the paper)")
-    return _Grid(title, columns, out, lead=1)
+    return Grid(title, columns, out, lead=1)
 
 
 CSV_COLUMNS = ("row", "dataset", "model", "method", "seeds", "error_mean", "error_std",
