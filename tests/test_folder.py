@@ -323,4 +323,4 @@ def test_a_run_on_cifar10_jpegs_learns(cifar10_npz, tmp_path):
                  "dataset.eval_resize=36", "dataset.eval_crop=32", "dataset.scale=[0.35,1.0]",
                  "isda=off", width=8), run_dir)
     final = rows(run_dir)[-1]
-    assert final["test_error"] < 70 and final["test_error_top5"] < final["test_error"]
+    assert final["test_error"] < 78 and final["test_error_top5"] < 25  # chance: 90 and 50 (69.2, 15.8 here)

@@ -178,3 +178,52 @@ def test_a_full_covariance_at_imagenet_size_is_refused_naming_the_diagonal():
         build_criterion(cfg, 2048, 1000)
     assert "\n" not in str(e.value)
     assert 100 * 2190 ** 2 * 4 <= MAX_FULL_COVARIANCE_BYTES  # the largest CIFAR model still fits
+
+
+def test_the_benchmarks_authors_formulation_is_the_same_loss():
+    """scripts/bench_folder.py times the authors' N x C x A form against ISDALoss: same numbers."""
+    import importlib.util
+
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location("bench_folder", ROOT / "scripts" / "bench_folder.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    A, C, N = 16, 12, 20
+    fc = torch.nn.Linear(A, C).double()
+    ours, theirs = ISDALoss(A, C, "diagonal").double(), bench.AuthorsDiagonalISDA(A, C).double()
+    for step in range(4):
+        feats, y = torch.randn(N, A, dtype=torch.float64), torch.randint(0, C // (1 + step % 2), (N,))
+        assert ours(feats, fc, y, 7.5)[0].item() == pytest.approx(theirs(feats, fc, y, 7.5)[0].item(), rel=1e-12)
+
+
+# ------------------------------------------------------------------ Table 4: plan and table
+
+
+def test_table4_plan_lists_six_imagenet_runs():
+    from isda_exp.plan import plan
+
+    rows = plan(["experiment=table4"], 60.0)
+    assert len(rows) == 6 and {r["epochs"] for r in rows} == {300}
+    assert {r["train_images"] for r in rows} == {1281167}
+    names = {r["run"].split("/imagenet/")[1].rsplit("/", 1)[0] for r in rows}
+    assert names == {f"{m}/baseline/{k}" for m in ("resnet50", "resnet152", "resnext50_32x4d")
+                     for k in ("baseline", "isda-diagonal")}
+
+
+def test_table4_markdown_puts_runs_beside_the_paper(tmp_path):
+    import json
+
+    from isda_exp.report_table4 import markdown, read_runs
+    for method, errors in (("baseline", [(40.0, 20.0), (30.0, 10.0)]), ("isda-diagonal", [(35.0, 9.0)])):
+        run_dir = tmp_path / "imagenet" / "resnet50" / "baseline" / method / "seed0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"model": "resnet50", "seed": 0}))
+        (run_dir / "metrics.jsonl").write_text("".join(
+            json.dumps({"epoch": e + 1, "train_error": 50.0, "test_error": t1, "test_error_top5": t5}) + "\n"
+            for e, (t1, t5) in enumerate(errors)))
+    rows = read_runs(tmp_path)
+    assert [r["curves"]["test_error"] for r in rows] == [[40.0, 30.0], [35.0]]
+    table = markdown(rows)
+    assert "| ResNet-50 | 30.00 / 10.00 | 23.58 / 6.92 | 35.00 / 9.00 | 23.30 / 6.82 |" in table
+    assert "| ResNet-152 | - | 21.65 / 6.01 | - | 21.20 / 5.67 |" in table
