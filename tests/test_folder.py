@@ -324,3 +324,78 @@ def test_a_run_on_cifar10_jpegs_learns(cifar10_npz, tmp_path):
                  "isda=off", width=8), run_dir)
     final = rows(run_dir)[-1]
     assert final["test_error"] < 78 and final["test_error_top5"] < 25  # chance: 90 and 50 (69.2, 15.8 here)
+
+
+# ------------------------------------------------------------------ two ranks (gloo) = one process
+
+
+def record_folder(root: str, run_dir: Path) -> dict:
+    """Two epochs in float64 (as tests/test_ddp.py: float32 BatchNorm gradients near
+    degenerate channels would swamp the comparison): per step this rank's images and labels and
+    the global mean loss, per epoch the metrics, at the end the ISDA statistics."""
+    from isda_exp.trainer import Trainer
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        trainer = Trainer(composed(root, "trainer.sync_bn=true", "trainer.eval_batch_size=24"), run_dir)
+    finally:
+        torch.set_default_dtype(default)
+    inputs, train_step = trainer.engine.inputs, trainer.engine.train_step
+    trainer.engine.inputs = lambda x: inputs(x).double()
+    steps, epochs = [], []
+
+    def recording_step(x, y, ratio, *at):
+        loss, logits = train_step(x, y, ratio, *at)
+        steps.append((x.clone(), y.clone(), float(loss) * len(y)))
+        return loss, logits
+    trainer.engine.train_step = recording_step
+    for epoch in range(2):
+        epochs.append({**trainer.train_epoch(epoch), **trainer.evaluate()})
+        trainer.run.scheduler.step()
+    losses = torch.tensor([s[2] for s in steps], dtype=torch.float64)
+    sizes = torch.tensor([float(len(s[1])) for s in steps], dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(losses)
+        torch.distributed.all_reduce(sizes)
+    return {"x": [s[0] for s in steps], "y": [s[1] for s in steps], "loss": losses / sizes,
+            "epochs": epochs, "isda": trainer.engine.criterion.state_dict()}
+
+
+def folder_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
+    from isda_exp import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    distributed.setup("cpu", 120)
+    try:
+        torch.save(record_folder(root, Path(out) / f"run{rank}"), Path(out) / f"rank{rank}.pt")
+    finally:
+        distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_two_ranks_on_a_folder_equal_one_process(folder, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(folder_rank, args=(2, port, str(folder), str(tmp_path)), nprocs=2, join=True)
+    parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    one = record_folder(str(folder), tmp_path / "one")
+    assert len(one["x"]) == 8
+    for step, (x, y) in enumerate(zip(one["x"], one["y"])):
+        assert torch.equal(torch.cat([p["x"][step] for p in parts]), x), step  # same pixels
+        assert torch.equal(torch.cat([p["y"][step] for p in parts]), y), step
+    torch.testing.assert_close(parts[0]["loss"], one["loss"], rtol=1e-9, atol=0)
+    for key, value in one["isda"].items():
+        torch.testing.assert_close(parts[1]["isda"][key], value, rtol=1e-9,
+                                   atol=1e-9 * (1 + float(value.abs().max())))
+    for e0, e1, e in zip(parts[0]["epochs"], parts[1]["epochs"], one["epochs"]):
+        assert e0 == e1
+        for key in ("test_error", "test_error_top5", "train_error", "bad_images"):
+            assert e0[key] == pytest.approx(e[key], abs=1e-9), key
