@@ -157,6 +157,8 @@ def test_bad_folders_are_one_line_errors(folder, tmp_path, damage, message):
 
 
 def test_wrong_class_count_and_bad_transform_values(folder):
+    with pytest.raises(UserError, match="dataset.root is not set: give dataset.root=DIR"):
+        load_folder("imagenet", None)
     with pytest.raises(UserError, match="dataset.num_classes=1000 but .* holds 10 class folders"):
         source(folder, num_classes=1000)
     with pytest.raises(UserError, match="dataset.eval_crop=300 is larger"):

@@ -133,7 +133,7 @@ def augment_settings(augment) -> dict:
     return {}
 
 
-def load_folder(name: str, root: str, num_classes: int | None = None, train_crop: int = 224,
+def load_folder(name: str, root: str | None, num_classes: int | None = None, train_crop: int = 224,
                 eval_resize: int = 256, eval_crop: int = 224, scale=(0.08, 1.0),
                 ratio=(3 / 4, 4 / 3), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                 train_subset: int | None = None, test_subset: int | None = None,
@@ -146,6 +146,9 @@ def load_folder(name: str, root: str, num_classes: int | None = None, train_crop
     the folders hold others). validation=N: evaluate on a seeded class-balanced hold-out of N
     training images instead of val/ (the lambda_0 protocol); train_subset/test_subset as on CIFAR.
     """
+    if root is None:
+        raise UserError(f"dataset.root is not set: give dataset.root=DIR, a folder holding "
+                        f"train/<class>/* and val/<class>/* images (dataset={name})")
     root = os.path.abspath(os.path.expanduser(str(root)))
     _check_transform(train_crop, eval_resize, eval_crop, scale, ratio, mean, std)
     classes, root = list_classes(root)
