@@ -401,3 +401,37 @@ def test_two_ranks_on_a_folder_equal_one_process(folder, tmp_path):
         assert e0 == e1
         for key in ("test_error", "test_error_top5", "train_error", "bad_images"):
             assert e0[key] == pytest.approx(e[key], abs=1e-9), key
+
+
+@pytest.mark.slow
+def test_kill_9_mid_epoch_then_the_same_command_gives_the_uninterrupted_run(folder, tmp_path):
+    """A real process on the folder, killed with SIGKILL after a mid-epoch checkpoint (one every
+    step), then the same command: the metrics of the run that was never interrupted."""
+    import subprocess
+    import sys
+    import time
+
+    overrides = ["dataset=folder", f"dataset.root={folder}", "dataset.train_crop=16",
+                 "dataset.eval_resize=20", "dataset.eval_crop=16", "model=resnet32",
+                 "+model.net.base_width=4", "isda=diagonal", "trainer.batch_size=32", "trainer.epochs=2",
+                 "trainer.num_workers=1", "trainer.threads=1", "trainer.progress=false",
+                 "trainer.tensorboard=false", "device=cpu", "out_root=runs"]
+    (tmp_path / "a").mkdir()
+    run_cli(*overrides, cwd=tmp_path / "a")
+    run_dir = "runs/folder/resnet32/baseline/isda-diagonal/seed0"
+    expected = rows(tmp_path / "a" / run_dir)
+    (tmp_path / "b").mkdir()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "isda_exp", *overrides, "trainer.checkpoint_minutes=1e-9"],
+                            cwd=tmp_path / "b", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = tmp_path / "b" / run_dir / "last.pt"
+    deadline = time.time() + 300
+    while not (ckpt.exists() and (tmp_path / "b" / run_dir / "last.prev.pt").exists()):
+        assert proc.poll() is None and time.time() < deadline, "no mid-epoch checkpoint"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert not (tmp_path / "b" / run_dir / "summary.json").exists()
+    resumed = run_cli(*overrides, "trainer.checkpoint_minutes=1e-9", cwd=tmp_path / "b")
+    assert "resuming" in resumed.stdout
+    assert rows(tmp_path / "b" / run_dir) == expected
