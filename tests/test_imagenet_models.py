@@ -227,3 +227,7 @@ def test_table4_markdown_puts_runs_beside_the_paper(tmp_path):
     table = markdown(rows)
     assert "| ResNet-50 | 30.00 / 10.00 | 23.58 / 6.92 | 35.00 / 9.00 | 23.30 / 6.82 |" in table
     assert "| ResNet-152 | - | 21.65 / 6.01 | - | 21.20 / 5.67 |" in table
+    from isda_exp.report_table4 import main
+    assert main([str(tmp_path), "--out", str(tmp_path / "t.md"), "--curves", str(tmp_path / "f3.png")]) == 0
+    assert (tmp_path / "t.md").read_text().strip() == table
+    assert (tmp_path / "f3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -4,7 +4,7 @@ The layout (rows, columns, the paper's numbers) is data here, for `python -m isd
 --table 4` to render; until that is wired, `python -m isda_exp.report_table4 DIR` prints the
 Markdown table of the runs under DIR (experiment=table4) beside the paper's. A run's figure is its
 last epoch's validation error (top-1 and top-5, metrics.jsonl's test_error and test_error_top5);
-Figure 3 plots train_error and test_error per epoch (`curves`).
+Figure 3 plots train_error and test_error per epoch (`curves`, `figure3`, `--curves PNG`).
 """
 from __future__ import annotations
 
@@ -72,19 +72,49 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def figure3(rows: list[dict], path: Path) -> None:
+    """Figure 3: per model, training (dashed) and validation (solid) top-1 error per epoch,
+    Basic and ISDA (the first seed of each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in PAPER_TABLE4 if any(r["model"] == m for r in rows)] or \
+        sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(1, max(1, len(models)), figsize=(5 * max(1, len(models)), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for (method, label), colour in zip(METHODS, ("tab:blue", "tab:red")):
+            run = next((r for r in rows if r["model"] == model and r["method"] == method), None)
+            if run is None:
+                continue
+            c = run["curves"]
+            ax.plot(c["epoch"], c["train_error"], "--", marker=".", color=colour, label=f"{label} train")
+            ax.plot(c["epoch"], c["test_error"], "-", marker=".", color=colour, label=f"{label} val")
+        ax.set(title=PAPER_TABLE4.get(model, (model,))[0], xlabel="epoch", ylabel="top-1 error (%)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs_dir", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="also write the table here")
+    ap.add_argument("--curves", type=Path, default=None, help="write Figure 3 (a PNG) here")
     args = ap.parse_args(argv)
     if not args.runs_dir.is_dir():
         print(f"error: {args.runs_dir} is not a folder of runs (make table4 writes outputs/table4)",
               file=sys.stderr)
         return 2
-    text = markdown(read_runs(args.runs_dir))
+    rows = read_runs(args.runs_dir)
+    text = markdown(rows)
     print(text)
     if args.out is not None:
         args.out.write_text(text + "\n")
+    if args.curves is not None:
+        figure3(rows, args.curves)
     return 0
 
 
