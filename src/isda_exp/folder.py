@@ -113,8 +113,8 @@ class ImageFolderSource:
 
     def train_stream(self, augment, batch_size: int, seed: int, device: torch.device,
                      num_workers: int, rank: int = 0, world: int = 1) -> FolderTrainStream:
-        transform = {**self.transform, **augment_settings(augment)}
-        images = FolderImages(self.train_root, self.train_files, self.train_labels, transform, seed)
+        check_augment(augment)
+        images = FolderImages(self.train_root, self.train_files, self.train_labels, self.transform, seed)
         self.num_workers = num_workers
         return FolderTrainStream(images, batch_size, seed, device, num_workers, self.bad, rank, world)
 
@@ -123,8 +123,9 @@ class ImageFolderSource:
         return FolderEvalStream(images, self.eval_split, device, self.num_workers, self.bad, rank, world)
 
 
-def augment_settings(augment) -> dict:
-    """aug=baseline is the folder data set's own augmentation (RandomResizedCrop + flip)."""
+def check_augment(augment) -> None:
+    """aug=baseline stands for the folder data set's own augmentation (RandomResizedCrop + flip,
+    set by dataset.train_crop/scale/ratio); the CIFAR augmentations do not apply."""
     from .augment import BatchAugment
 
     if not isinstance(augment, BatchAugment) or augment.cutout_length:
