@@ -62,9 +62,11 @@ def build_run(cfg: DictConfig) -> Run:
     criterion = build_criterion(cfg, net.feature_dim, data.num_classes)
     for module in (net, fc, criterion):
         module.to(device)
-    optimizer, scheduler = build_optimizer(cfg, [*net.parameters(), *fc.parameters()], epochs)
+    optimizer, scheduler = build_optimizer(cfg, [*net.parameters(), *fc.parameters()], epochs,
+                                           batch_size)
+    norm = (data.mean, data.std) if hasattr(data, "mean") else None  # image folders: their own
     engine = Engine(net, fc, criterion, optimizer, device, t.precision, bool(t.channels_last),
-                    bool(t.compile))
+                    bool(t.compile), norm)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(t.cudnn_benchmark)
     rank, world = distributed.rank(), distributed.world()
@@ -139,10 +141,17 @@ def run_length(cfg: DictConfig) -> tuple[int, int]:
     return epochs, batch_size
 
 
-def build_optimizer(cfg: DictConfig, params, epochs: int):
-    """SGD (Nesterov, weight decay on all parameters) and its per-epoch LR schedule."""
+def build_optimizer(cfg: DictConfig, params, epochs: int, batch_size: int | None = None):
+    """SGD (Nesterov, weight decay on all parameters) and its per-epoch LR schedule.
+
+    A recipe with `lr_batch` (ImageNet: 512) scales its lr linearly with the total batch:
+    lr = recipe.lr * batch_size / lr_batch (Goyal et al.); without it the lr is used as given.
+    """
     r = cfg.model.recipe
-    opt = torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, nesterov=r.nesterov,
+    lr = r.lr
+    if r.get("lr_batch") and batch_size is not None:
+        lr = r.lr * batch_size / r.lr_batch
+    opt = torch.optim.SGD(params, lr=lr, momentum=r.momentum, nesterov=r.nesterov,
                           weight_decay=r.weight_decay)
     milestones = scaled_milestones(r.get("milestones") or [], int(r.epochs), epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(

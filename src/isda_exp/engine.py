@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from . import distributed
 from .augment import normalize
 from .checkpoint import rng_states, set_rng_states
+from .crops import normalizer
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,7 +26,8 @@ class Engine:
     """Model, loss and optimizer of a run, with its precision, memory format and compilation."""
 
     def __init__(self, net, fc, criterion, optimizer, device: torch.device, precision: str = "fp32",
-                 channels_last: bool = False, compile: bool = False):
+                 channels_last: bool = False, compile: bool = False, norm: tuple | None = None):
+        self.norm = norm  # (mean, std) of the data source (image folders); None: CIFAR's
         self.net, self.fc, self.criterion, self.optimizer, self.device = net, fc, criterion, optimizer, device
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
@@ -46,7 +48,12 @@ class Engine:
 
     def inputs(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the network's normalized float input in the run's memory format."""
-        return normalize(x_uint8).contiguous(memory_format=self.memory_format)
+        if self.norm is None:
+            x = normalize(x_uint8)
+        else:
+            shift, scale = normalizer(*self.norm, x_uint8.device)
+            x = torch.addcmul(shift, x_uint8.to(torch.float32), scale)
+        return x.contiguous(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The model's features: compiled when trainer.compile=true and compiling works.
@@ -125,17 +132,30 @@ class Engine:
 
     @torch.inference_mode()
     def evaluate(self, stream, batch_size: int) -> dict:
-        """Plain logits on the unaugmented evaluation stream (this rank's part), summed over ranks."""
+        """Plain logits on the unaugmented evaluation stream (this rank's part), summed over ranks.
+
+        A stream with `top5 = True` (image folders) adds test_error_top5, and one with
+        `take_bad_images` the images it replaced since the last call (bad_images).
+        """
         self.net.eval()
-        loss_sum, wrong = 0.0, 0
+        loss_sum, wrong, wrong5 = 0.0, 0, 0
+        top5 = getattr(stream, "top5", False)
         for x, y in stream.batches(batch_size):
             with self.autocast():
                 logits = self.fc(self.forward(self.inputs(x))).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             wrong += (logits.argmax(1) != y).sum().item()
+            if top5:
+                top = logits.topk(min(5, logits.shape[1]), 1).indices
+                wrong5 += (top != y.unsqueeze(1)).all(1).sum().item()
         loss_sum, wrong = distributed.all_sum(loss_sum, wrong)
         n = stream.num_images
-        return {"test_loss": loss_sum / n, "test_error": 100.0 * wrong / n}
+        out = {"test_loss": loss_sum / n, "test_error": 100.0 * wrong / n}
+        if top5:
+            out["test_error_top5"] = 100.0 * distributed.all_sum(wrong5)[0] / n
+        if hasattr(stream, "take_bad_images"):
+            out["bad_images"] = int(distributed.all_sum(stream.take_bad_images())[0])
+        return out
 
     def weights_finite(self) -> bool:
         """One host sync over every parameter of the model and the classifier."""

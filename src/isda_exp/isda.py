@@ -41,7 +41,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import BadValue
+
 COVARIANCES = ("full", "diagonal", "identity", "shared")
+# The largest full class-covariance buffer (C x A x A float32) ISDALoss allocates: 4 GiB holds
+# every CIFAR model of the paper (DenseNet-BC-190 on CIFAR-100: 1.9 GB) and refuses ImageNet's
+# C=1000, A=2048 (16.8 GB), which the paper runs with the diagonal (C x A).
+MAX_FULL_COVARIANCE_BYTES = 4 << 30
 
 
 def isda_ratio(lambda_0: float, epoch: int, epochs: int, constant: bool = False) -> float:
@@ -126,6 +132,11 @@ class ISDALoss(nn.Module):
                 raise ValueError(f"{name}={value!r} must be a positive int")
         if block_bytes is not None and block_bytes < 0:
             raise ValueError(f"block_bytes={block_bytes} must be >= 0 (or None for the default)")
+        if covariance == "full" and num_classes * feature_dim ** 2 * 4 > MAX_FULL_COVARIANCE_BYTES:
+            raise BadValue(f"ISDA with full covariances at {num_classes} classes x {feature_dim} "
+                           f"features needs {num_classes * feature_dim ** 2 * 4 / 1e9:.1f} GB (limit "
+                           f"{MAX_FULL_COVARIANCE_BYTES / 1e9:.1f} GB): use isda=diagonal (the "
+                           "paper's ImageNet runs)")
         self.feature_dim, self.num_classes, self.covariance = feature_dim, num_classes, covariance
         self.block_bytes, self.process_group = block_bytes, process_group
         groups = 1 if covariance == "shared" else num_classes

@@ -18,10 +18,15 @@ def lr_factor(epoch: int, epochs: int, schedule: str, milestones=(), gamma: floa
     """Factor of lr0 in (0-indexed) `epoch`.
 
     step: the reference script decays one epoch early, so "x0.1 at 80" applies from the 80th epoch
-    counted from 1 (index 79). cosine: 0.5 * (1 + cos(pi * (epoch + 1) / epochs)).
+    counted from 1 (index 79). cosine: 0.5 * (1 + cos(pi * (epoch + 1) / epochs)) (the CIFAR
+    script). cosine_imagenet: 0.5 * (1 + cos(pi * epoch / epochs)) (the ImageNet script: the first
+    epoch at lr0, the last above 0).
     """
     if schedule == "step":
         return gamma ** sum(epoch + 1 >= m for m in milestones)
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * (epoch + 1) / epochs))
-    raise ValueError(f"unknown schedule {schedule!r}: use step or cosine in the model's recipe")
+    if schedule == "cosine_imagenet":
+        return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+    raise ValueError(f"unknown schedule {schedule!r}: use step, cosine or cosine_imagenet in the "
+                     "model's recipe")

@@ -26,14 +26,16 @@ def count_params(name: str, num_classes: int = 10) -> int:
 
 @functools.lru_cache(maxsize=None)
 def flops_per_image(name: str, num_classes: int = 10) -> int:
-    """Forward FLOPs of one 3x32x32 image in eval mode, classifier included.
+    """Forward FLOPs of one image in eval mode, classifier included: 3x32x32, or the model's
+    `input_size` (the torchvision ImageNet models: 224).
 
     FlopCounterMode counts convolutions and matmuls (a multiply-add is 2 FLOPs); BN, ReLU and
     pooling are left out, as in the usual FLOP figures of these papers.
     """
     model = _with_classifier(name, num_classes).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, 3, 32, 32))
+        size = getattr(model[0], "input_size", 32)
+        model(torch.zeros(1, 3, size, size))
     return int(counter.get_total_flops())
 
 
