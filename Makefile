@@ -179,7 +179,7 @@ table4:  ## Table 4 on ImageNet: IMAGENET=DIR (DRY=1: the runs and their cost)
 	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan experiment=table4 out_root=$(OUT)/table4 $(ARGS); else \
 	  test -n "$(IMAGENET)" || { echo "error: give IMAGENET=DIR (DIR/train/<class>/*.JPEG, DIR/val/<class>/*.JPEG)"; exit 2; }; \
 	  $(PY) -m isda_exp -m experiment=table4 out_root=$(OUT)/table4 'dataset.root=$(abspath $(IMAGENET))' $(ARGS); status=$$?; \
-	  $(PY) -m isda_exp.report_table4 $(OUT)/table4 --out $(OUT)/table4.md --curves $(OUT)/table4_curves.png; \
+	  $(PY) -m isda_exp.report $(OUT)/table4 --table 4 --out $(OUT)/table4.md && $(PY) -m isda_exp.report $(OUT)/table4 --table 4 --curves $(OUT)/table4_curves.png; \
 	  exit $$(( status || $$? )); fi
 
 table4-smoke:  ## Table 4 in miniature on real JPEGs (CIFAR-10 as class folders) on the CPU
@@ -195,5 +195,5 @@ table4-smoke:  ## Table 4 in miniature on real JPEGs (CIFAR-10 as class folders)
 	  dataset.root=$(abspath $(TABLE4_SMOKE))/jpeg dataset.train_crop=32 dataset.eval_resize=36 dataset.eval_crop=32 \
 	  trainer.epochs=1 trainer.batch_size=16 trainer.eval_batch_size=40 trainer.num_workers=1 \
 	  trainer.channels_last=false trainer.progress=false $(if $(MODELS),model=$(MODELS)) $(ARGS); status=$$?; \
-	$(PY) -m isda_exp.report_table4 $(TABLE4_SMOKE)/runs --out $(TABLE4_SMOKE)/table4.md --curves $(TABLE4_SMOKE)/table4_curves.png; \
+	$(PY) -m isda_exp.report $(TABLE4_SMOKE)/runs --table 4 --out $(TABLE4_SMOKE)/table4.md && $(PY) -m isda_exp.report $(TABLE4_SMOKE)/runs --table 4 --curves $(TABLE4_SMOKE)/table4_curves.png; \
 	exit $$(( status || $$? ))

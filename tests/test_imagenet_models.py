@@ -211,23 +211,40 @@ def test_table4_plan_lists_six_imagenet_runs():
                      for k in ("baseline", "isda-diagonal")}
 
 
-def test_table4_markdown_puts_runs_beside_the_paper(tmp_path):
+def test_table4_markdown_puts_runs_beside_the_paper(tmp_path, capsys):
     import json
 
-    from isda_exp.report_table4 import markdown, read_runs
-    for method, errors in (("baseline", [(40.0, 20.0), (30.0, 10.0)]), ("isda-diagonal", [(35.0, 9.0)])):
+    from isda_exp.report.cli import main
+    from isda_exp.report.runs import load_runs
+    from isda_exp.report.table4 import markdown, table4_runs
+
+    def write_run(method, errors, status="finished"):
         run_dir = tmp_path / "imagenet" / "resnet50" / "baseline" / method / "seed0"
         run_dir.mkdir(parents=True)
-        (run_dir / "summary.json").write_text(json.dumps({"model": "resnet50", "seed": 0}))
+        summary = {"model": "resnet50", "seed": 0, "dataset": "imagenet", "aug": "baseline",
+                   "method": "baseline" if method == "baseline" else "isda",
+                   "variant": None if method == "baseline" else "diagonal", "drop_rate": 0.0,
+                   "test_error_last10": sum(t for t, _ in errors) / len(errors)}
+        if status == "finished":
+            (run_dir / "summary.json").write_text(json.dumps(summary))
         (run_dir / "metrics.jsonl").write_text("".join(
             json.dumps({"epoch": e + 1, "train_error": 50.0, "test_error": t1, "test_error_top5": t5}) + "\n"
             for e, (t1, t5) in enumerate(errors)))
-    rows = read_runs(tmp_path)
+        return run_dir
+
+    write_run("baseline", [(40.0, 20.0), (30.0, 10.0)])
+    write_run("isda-diagonal", [(35.0, 9.0)])
+    rows = table4_runs(load_runs(tmp_path))
     assert [r["curves"]["test_error"] for r in rows] == [[40.0, 30.0], [35.0]]
     table = markdown(rows)
     assert "| ResNet-50 | 30.00 / 10.00 | 23.58 / 6.92 | 35.00 / 9.00 | 23.30 / 6.82 |" in table
     assert "| ResNet-152 | - | 21.65 / 6.01 | - | 21.20 / 5.67 |" in table
-    from isda_exp.report_table4 import main
-    assert main([str(tmp_path), "--out", str(tmp_path / "t.md"), "--curves", str(tmp_path / "f3.png")]) == 0
+    assert main([str(tmp_path), "--table", "4", "--out", str(tmp_path / "t.md")]) == 0
+    assert main([str(tmp_path), "--table", "4", "--curves", str(tmp_path / "f3.png")]) == 0
     assert (tmp_path / "t.md").read_text().strip() == table
     assert (tmp_path / "f3.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # an unfinished run is listed, never shown in the table
+    (tmp_path / "imagenet" / "resnet50" / "baseline" / "isda-diagonal" / "seed0" / "summary.json").unlink()
+    assert main([str(tmp_path), "--table", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "| ResNet-50 | 30.00 / 10.00 | 23.58 / 6.92 | - | 23.30 / 6.82 |" in out

@@ -7,6 +7,7 @@ import sys
 
 from isda_exp.runfiles import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY, atomic_write
 
+from . import table4
 from .curves import plot_curves
 from .groups import aggregate
 from .listing import format_pending
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     select = {"dataset": args.dataset, "model": args.model, "aug": args.aug}
     try:
+        if args.table == 4:
+            return _table4(args, select)
         if args.curves:
             runs = select_runs(load_runs(args.runs_dir), **select)
             n = plot_curves(args.runs_dir, args.curves, runs=runs)
@@ -65,6 +68,31 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _table4(args, select: dict) -> int:
+    """Table 4 (Markdown: top-1 / top-5 beside the paper's) or, with --curves, Figure 3."""
+    if args.format != "md" or args.compare:
+        raise ReportError("--table 4 is set in Markdown (top-1 / top-5 per run's last epoch): "
+                          "drop --format and --compare")
+    runs = select_runs(load_runs(args.runs_dir), **select)
+    rows = table4.table4_runs(runs)
+    if not rows:
+        raise ReportError(f"no finished runs under '{args.runs_dir}' for Table 4 (make table4 "
+                          "writes outputs/table4)", listing=format_pending(runs, "csv", args.runs_dir))
+    if args.curves:
+        table4.figure3(rows, args.curves)
+        print(f"wrote {args.curves} (Figure 3, {len(rows)} runs)", file=sys.stderr)
+        return 0
+    text = table4.markdown(rows) + "\n"
+    side = format_pending(runs, "md", args.runs_dir)
+    if args.out:
+        atomic_write(args.out, lambda fh: fh.write(text.encode("utf-8")))
+    else:
+        sys.stdout.write(text)
+    if side:
+        sys.stderr.write(side)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m isda_exp.report", description=(
         "Mean and sample std of test_error_last10 across seeds per (dataset, model, aug, "
@@ -72,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
         "Figure 2's curves with --curves."))
     p.add_argument("runs_dir", help="folder holding the run directories (searched recursively)")
     p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--table", type=int, choices=sorted(TABLES),
-                   help="lay out as the paper's Table 1, 2, 3 or 5")
+    p.add_argument("--table", type=int, choices=sorted([*TABLES, 4]),
+                   help="lay out as the paper's Table 1, 2, 3, 4 (ImageNet: top-1 / top-5) or 5")
     p.add_argument("--out", help="write to this file (atomically) instead of stdout")
     p.add_argument("--curves", metavar="OUT.png", help="plot test error per epoch instead")
     p.add_argument("--compare", action="store_true", help=(

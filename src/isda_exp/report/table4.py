@@ -1,17 +1,18 @@
-"""Table 4 (ImageNet, top-1 | top-5 validation error) and Figure 3's curves, as data and a table.
+"""Table 4 (ImageNet, top-1 | top-5 validation error) and Figure 3's curves.
 
-The layout (rows, columns, the paper's numbers) is data here, for `python -m isda_exp.report
---table 4` to render; until that is wired, `python -m isda_exp.report_table4 DIR` prints the
-Markdown table of the runs under DIR (experiment=table4) beside the paper's. A run's figure is its
-last epoch's validation error (top-1 and top-5, metrics.jsonl's test_error and test_error_top5);
-Figure 3 plots train_error and test_error per epoch (`curves`, `figure3`, `--curves PNG`).
+`python -m isda_exp.report DIR --table 4` sets the finished runs under DIR (experiment=table4)
+beside the paper's numbers; `--table 4 --curves PNG` draws Figure 3. A run's figure is its last
+epoch's validation error (top-1 and top-5: metrics.jsonl's test_error and test_error_top5), as
+the paper reports. The runs come from the report's loader (failed and unfinished runs are listed,
+never shown), and a group whose runs differ in their science config is refused as for any table.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
+
+from .groups import aggregate
+from .runs import Run
 
 # model -> (label, {method dir: (top-1, top-5) error % in the paper's Table 4})
 PAPER_TABLE4 = {
@@ -22,19 +23,19 @@ PAPER_TABLE4 = {
 METHODS = (("baseline", "Basic"), ("isda-diagonal", "ISDA"))
 
 
-def read_runs(runs_dir: Path) -> list[dict]:
-    """One row per finished run (summary.json present) under runs_dir: model, method, seed, the
-    last epoch's top-1/top-5 validation error and the per-epoch curves."""
+def table4_runs(runs: list[Run]) -> list[dict]:
+    """One row per finished run: model, method, seed, the last epoch's top-1/top-5 validation
+    error and the per-epoch curves. Groups of unlike runs are refused first (aggregate)."""
+    aggregate(runs)  # raises ReportError for a group mixing science configs
     rows = []
-    for summary_path in sorted(Path(runs_dir).rglob("summary.json")):
-        run_dir = summary_path.parent
-        summary = json.loads(summary_path.read_text())
-        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    for run in sorted((r for r in runs if r.status == "finished" and r.key is not None),
+                      key=lambda r: str(r.path)):
+        history = [json.loads(line) for line in (run.path / "metrics.jsonl").read_text().splitlines()
                    if line.strip()]
         last = history[-1]
-        rows.append({"model": summary["model"], "method": run_dir.parent.name, "seed": summary["seed"],
+        rows.append({"model": run.key[1], "method": run.key[3], "seed": run.summary.get("seed"),
                      "epochs": len(history), "top1": last["test_error"],
-                     "top5": last.get("test_error_top5"), "run": str(run_dir),
+                     "top5": last.get("test_error_top5"), "run": str(run.path),
                      "curves": curves(history)})
     return rows
 
@@ -96,27 +97,3 @@ def figure3(rows: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs_dir", type=Path)
-    ap.add_argument("--out", type=Path, default=None, help="also write the table here")
-    ap.add_argument("--curves", type=Path, default=None, help="write Figure 3 (a PNG) here")
-    args = ap.parse_args(argv)
-    if not args.runs_dir.is_dir():
-        print(f"error: {args.runs_dir} is not a folder of runs (make table4 writes outputs/table4)",
-              file=sys.stderr)
-        return 2
-    rows = read_runs(args.runs_dir)
-    text = markdown(rows)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
-    if args.curves is not None:
-        figure3(rows, args.curves)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
