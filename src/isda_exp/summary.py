@@ -14,7 +14,9 @@ from .losses import loss_name
 def summarise(cfg: DictConfig, run, history: list[dict], wall: float) -> dict:
     """The paper's number (mean test error of the last 10 epochs) with the run's identity."""
     errors = [r["test_error"] for r in history]
-    return {**summary_fields(cfg, distributed.world()),  # the run's label and science, computed once
+    top5 = {"test_error_top5_final": history[-1]["test_error_top5"]} \
+        if "test_error_top5" in history[-1] else {}  # image folders (Table 4)
+    return {**top5, **summary_fields(cfg, distributed.world()),  # the run's label and science, computed once
         "test_error_last10": float(np.mean(errors[-10:])), "test_error_final": errors[-1],
         "test_error_best": min(errors), "epochs": run.epochs,
         "recipe_epochs": int(cfg.model.recipe.epochs), "batch_size": run.batch_size,
