@@ -16,6 +16,7 @@ import torch
 from .errors import UserError
 from . import seeding
 from .stream import MemoryEvalStream, MemoryTrainStream
+from .subsets import class_balanced_holdout, seeded_subset
 
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -140,13 +141,8 @@ def take_subsets(a: Arrays, train_subset: int | None, test_subset: int | None, s
         a = hold_out(a, validation, seed)
 
     def pick(x, y, n, split, stream):
-        if n is None:
-            return x, y
-        if not 0 < int(n) <= len(x):
-            raise UserError(f"dataset.{split}_subset={n} is out of range: use 1..{len(x)} or null")
-        g = torch.Generator().manual_seed(seeding.subset_seed(seed, stream))
-        idx = torch.randperm(len(x), generator=g)[: int(n)].sort().values
-        return x[idx], y[idx]
+        idx = seeded_subset(len(x), n, seed, stream, split)
+        return (x, y) if idx is None else (x[idx], y[idx])
 
     x_train, y_train = pick(a.x_train, a.y_train, train_subset, "train", seeding.TRAIN_SUBSET)
     x_test, y_test = pick(a.x_test, a.y_test, test_subset, "test", seeding.TEST_SUBSET)
@@ -159,24 +155,10 @@ def hold_out(a: Arrays, n: int, seed: int) -> Arrays:
     Seeded by the subset seed alone (the same hold-out for every run seed); the test set is dropped,
     so a hold-out run never sees a test image.
     """
-    n, classes = int(n), a.num_classes
-    if n < 1 or n % classes:
-        raise UserError(f"dataset.validation={n} must be a positive multiple of the {classes} classes "
-                        f"(a class-balanced hold-out), e.g. 5000")
-    per_class = n // classes
-    g = torch.Generator().manual_seed(seeding.subset_seed(seed, seeding.HOLDOUT))
-    picked = []
-    for c in range(classes):
-        members = (a.y_train == c).nonzero().flatten()
-        if len(members) <= per_class:
-            raise UserError(f"dataset.validation={n} needs {per_class} images of each class and leaves "
-                            f"none of class {c} to train on ({len(members)} training images); use a "
-                            "smaller dataset.validation")
-        picked.append(members[torch.randperm(len(members), generator=g)[:per_class]])
-    held = torch.cat(picked).sort().values
+    held = class_balanced_holdout(a.y_train, a.num_classes, n, seed)
     keep = torch.ones(len(a.y_train), dtype=torch.bool)
     keep[held] = False
-    return Arrays(a.name, classes, a.x_train[keep], a.y_train[keep], a.x_train[held], a.y_train[held],
+    return Arrays(a.name, a.num_classes, a.x_train[keep], a.y_train[keep], a.x_train[held], a.y_train[held],
                   eval_split="holdout")
 
 

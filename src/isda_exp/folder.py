@@ -17,6 +17,7 @@ import torch
 from . import seeding
 from .crops import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
+from .subsets import class_balanced_holdout, seeded_subset
 from .folder_stream import BadImages, FolderEvalStream, FolderImages, FolderTrainStream
 
 log = logging.getLogger("isda_exp")
@@ -62,36 +63,6 @@ def list_images(split_dir: str, classes: list[str]) -> tuple[np.ndarray, torch.T
         files += found
         labels += [label] * len(found)
     return np.array([f.encode() for f in files]), torch.tensor(labels, dtype=torch.int64)
-
-
-def class_balanced_holdout(labels: torch.Tensor, num_classes: int, n: int, seed: int) -> torch.Tensor:
-    """Sorted indices of n / C images of each class (the paper's lambda_0 hold-out; data.hold_out's
-    draw), seeded by the subset seed alone."""
-    n = int(n)
-    if n < 1 or n % num_classes:
-        raise UserError(f"dataset.validation={n} must be a positive multiple of the {num_classes} "
-                        f"classes (a class-balanced hold-out), e.g. {10 * num_classes}")
-    per_class = n // num_classes
-    g = torch.Generator().manual_seed(seeding.subset_seed(seed, seeding.HOLDOUT))
-    picked = []
-    for c in range(num_classes):
-        members = (labels == c).nonzero().flatten()
-        if len(members) <= per_class:
-            raise UserError(f"dataset.validation={n} needs {per_class} images of each class and leaves "
-                            f"none of class {c} to train on ({len(members)} training images); use a "
-                            "smaller dataset.validation")
-        picked.append(members[torch.randperm(len(members), generator=g)[:per_class]])
-    return torch.cat(picked).sort().values
-
-
-def seeded_subset(count: int, n, seed: int, stream: int, split: str) -> torch.Tensor | None:
-    """Sorted indices of a seeded random n of count items (None: all)."""
-    if n is None:
-        return None
-    if not 0 < int(n) <= count:
-        raise UserError(f"dataset.{split}_subset={n} is out of range: use 1..{count} or null")
-    g = torch.Generator().manual_seed(seeding.subset_seed(seed, stream))
-    return torch.randperm(count, generator=g)[: int(n)].sort().values
 
 
 class ImageFolderSource:
