@@ -54,13 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             n = plot_curves(args.runs_dir, args.curves, runs=runs)
             print(f"wrote {args.curves} ({n} curves)", file=sys.stderr)
             return 0
-        text, side = build_report(args.runs_dir, args.format, args.table, select, args.compare)
-        if args.out:
-            atomic_write(args.out, lambda fh: fh.write(text.encode("utf-8")))
-        else:
-            sys.stdout.write(text)
-        if side:
-            sys.stderr.write(side)
+        _emit(*build_report(args.runs_dir, args.format, args.table, select, args.compare), args.out)
     except (ReportError, OSError) as exc:
         sys.stderr.write(getattr(exc, "listing", ""))
         print(f"error: {exc}", file=sys.stderr)
@@ -82,15 +76,18 @@ def _table4(args, select: dict) -> int:
         table4.figure3(rows, args.curves)
         print(f"wrote {args.curves} (Figure 3, {len(rows)} runs)", file=sys.stderr)
         return 0
-    text = table4.markdown(rows) + "\n"
-    side = format_pending(runs, "md", args.runs_dir)
-    if args.out:
-        atomic_write(args.out, lambda fh: fh.write(text.encode("utf-8")))
+    _emit(table4.markdown(rows) + "\n", format_pending(runs, "md", args.runs_dir), args.out)
+    return 0
+
+
+def _emit(text: str, side: str, out: str | None) -> None:
+    """The table to `out` (atomically) or stdout; the not-averaged listing to stderr."""
+    if out:
+        atomic_write(out, lambda fh: fh.write(text.encode("utf-8")))
     else:
         sys.stdout.write(text)
     if side:
         sys.stderr.write(side)
-    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
