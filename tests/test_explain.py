@@ -22,6 +22,7 @@ from isda_exp.errors import UserError
 from isda_exp.explain import covariance, directions, neighbours
 from isda_exp.explain.bound import isda_bound, mc_expected_ce
 from isda_exp.explain.cli import main
+from isda_exp.explain.run import checkpoint_id
 from isda_exp.explain.sampling import Sampler
 from isda_exp.isda import ISDALoss
 from isda_exp.losses import CrossEntropy
@@ -203,6 +204,16 @@ def test_bound_holds_in_two_dims_with_three_classes():
     assert expected < bound
     mc, se = mc_expected_ce(Sampler(covs, seed=2), fc, feat, torch.tensor([y]), lam, 40000)
     assert abs(mc - expected) < 4 * se
+
+
+def test_checkpoint_id_follows_the_weights():
+    net = torch.nn.Linear(3, 2)
+    ckpt = {"epoch": 4, "model": net.state_dict(), "classifier": {}, "isda": None}
+    first = checkpoint_id(ckpt)
+    assert first.startswith("e4-") and checkpoint_id(ckpt) == first
+    ckpt["model"] = {k: v + 1e-6 for k, v in ckpt["model"].items()}
+    assert checkpoint_id(ckpt) != first
+    assert checkpoint_id({**ckpt, "partial": {"batch": 7}}).startswith("e4b7-")
 
 
 # ------------------------------------------------------------------ end to end

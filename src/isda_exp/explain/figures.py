@@ -12,11 +12,13 @@ from isda_exp.runfiles import atomic_write
 DPI = 72
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, grid: bool = False):
+    """A figure on the Agg canvas; `grid`: no layout engine (the image grids place their one
+    axes themselves)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=None if grid else "constrained")
     FigureCanvasAgg(fig)
     return fig
 
@@ -32,32 +34,49 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def _show(ax, image: torch.Tensor, title: str = "", color: str = "black") -> None:
-    ax.imshow(image.permute(1, 2, 0).numpy(), interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=7, color=color, pad=2)
+TILE, GAP, HEAD = 32, 4, 11  # pixels of a tile, the gap between tiles, the room for its title
+SCALE = 2.4                   # screen pixels per image pixel
+
+
+def _mosaic(rows: list[list], labels: list[str], title: str, path: Path, label_in: float = 1.1) -> str:
+    """An image grid as ONE picture on one axes (a hundred axes take a minute to lay out).
+
+    rows: per row, tiles (uint8 image [3, 32, 32], title, colour); labels: one per row, at the left.
+    """
+    cols = max(len(r) for r in rows)
+    height, width = len(rows) * (TILE + HEAD), cols * (TILE + GAP)
+    canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    for r, row in enumerate(rows):
+        for c, (image, _, _) in enumerate(row):
+            y, x = r * (TILE + HEAD) + HEAD, c * (TILE + GAP)
+            canvas[y:y + TILE, x:x + TILE] = image.permute(1, 2, 0).numpy()
+    title_in = 0.2 + 0.16 * (title.count("\n") + 1)
+    w_in, h_in = width * SCALE / DPI + label_in + 0.1, height * SCALE / DPI + title_in
+    fig = _figure(w_in, h_in, grid=True)
+    ax = fig.add_axes([label_in / w_in, 0.02 / h_in, width * SCALE / DPI / w_in, height * SCALE / DPI / h_in])
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_axis_off()
+    for r, row in enumerate(rows):
+        y = r * (TILE + HEAD) + HEAD
+        ax.text(-3, y + TILE / 2, labels[r], ha="right", va="center", fontsize=7)
+        for c, (_, text, colour) in enumerate(row):
+            ax.text(c * (TILE + GAP) + TILE / 2, y - 1.5, text, ha="center", va="bottom",
+                    fontsize=6.5, color=colour)
+    fig.suptitle(title, fontsize=8, y=1 - 0.05 / h_in, va="top")
+    return _save(fig, path)
 
 
 def directions_figure(result: dict, x_train: torch.Tensor, names, path: Path) -> str:
     """One row per (class, direction): its training images from the lowest projection to the highest."""
-    rows = [(c, d) for c in result["directions"] for d in c["directions"]]
-    cols = max(len(d["strip"]) for _, d in rows)
-    fig = _figure(0.75 * cols + 1.6, 0.8 * len(rows) + 0.5)
-    axes = fig.subplots(len(rows), cols, squeeze=False)
-    for r, (cls, d) in enumerate(rows):
-        for k, ax in enumerate(axes[r]):
-            if k < len(d["strip"]):
-                _show(ax, x_train[d["strip"][k]], f"{d['strip_projections'][k]:+.2f}")
-            else:
-                ax.set_axis_off()
-        axes[r][0].set_ylabel(f"{names[cls['class']]}\ndir {d['rank'] + 1} "
-                              f"({100 * d['fraction']:.0f}%)", fontsize=7, rotation=0,
-                              ha="right", va="center")
-    fig.suptitle("Top covariance directions per class: training images by projection "
-                 "(lowest to highest; numbers = projection)", fontsize=9)
-    return _save(fig, path)
+    rows, labels = [], []
+    for cls in result["directions"]:
+        for d in cls["directions"]:
+            rows.append([(x_train[i], f"{p:+.2f}", "black")
+                         for i, p in zip(d["strip"], d["strip_projections"])])
+            labels.append(f"{names[cls['class']]}\ndir {d['rank'] + 1} ({100 * d['fraction']:.0f}%)")
+    return _mosaic(rows, labels, "Top covariance directions per class: training images by "
+                   "projection (lowest to highest;\nnumber = projection; % = share of the class "
+                   "variance)", path)
 
 
 def spectrum_figure(result: dict, names, path: Path) -> str:
@@ -84,27 +103,21 @@ def spectrum_figure(result: dict, names, path: Path) -> str:
 def neighbours_figure(result: dict, data, names, path: Path) -> str:
     """Rows: (image, lambda); columns: the image, the nearest training image to its own feature,
     then the nearest training image to each augmented draw, titled with the draw's prediction."""
-    rows = [(q, a) for q in result["neighbours"] for a in q["augmented"]]
-    cols = 2 + max(len(a["prediction"]) for _, a in rows)
-    fig = _figure(0.8 * cols + 1.2, 0.95 * len(rows) + 0.6)
-    axes = fig.subplots(len(rows), cols, squeeze=False)
-    for r, (q, a) in enumerate(rows):
+    rows, labels = [], []
+    for q in result["neighbours"]:
         label = q["label"]
-        _show(axes[r][0], data.x_test[q["test_index"]], f"test {q['test_index']}")
-        _show(axes[r][1], data.x_train[q["nearest_train"]], f"nn: {names[q['prediction']]}")
-        for k, ax in enumerate(axes[r][2:]):
-            if k >= len(a["prediction"]):
-                ax.set_axis_off()
-                continue
-            pred = a["prediction"][k]
-            _show(ax, data.x_train[a["nearest_train"][k]], names[pred],
-                  "green" if pred == label else "red")
-        axes[r][0].set_ylabel(f"{names[label]}\nlambda={a['lambda']:g}", fontsize=7, rotation=0,
-                              ha="right", va="center")
-    fig.suptitle("Augmented features a~ ~ N(a, lambda Sigma_y) shown as their nearest training image "
-                 "(Euclidean, feature space);\ntitle = classifier's prediction on the draw "
-                 "(green: keeps the label). Column 2: nearest to a itself.", fontsize=8)
-    return _save(fig, path)
+        for a in q["augmented"]:
+            row = [(data.x_test[q["test_index"]], f"test {q['test_index']}", "black"),
+                   (data.x_train[q["nearest_train"]], f"a: {names[q['prediction']]}",
+                    "green" if q["prediction"] == label else "red")]
+            row += [(data.x_train[i], names[p], "green" if p == label else "red")
+                    for i, p in zip(a["nearest_train"], a["prediction"])]
+            rows.append(row)
+            labels.append(f"{names[label]}\nlambda={a['lambda']:g}")
+    return _mosaic(rows, labels, "Augmented features a~ ~ N(a, lambda Sigma_y) shown as their "
+                   "nearest training image (Euclidean, feature space);\ntitle = the classifier's "
+                   "prediction on the draw (green: the label). Column 1: the test image;\ncolumn 2: "
+                   "the nearest training image to a itself, titled with the prediction on a.", path)
 
 
 def lambda_figure(result: dict, path: Path) -> str:

@@ -5,6 +5,7 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
@@ -52,7 +53,7 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
                         "explain needs a trained model: let the run finish its first epoch, or "
                         "pass another run directory")
     checkpoint, ckpt_path = latest
-    return Run(path, cfg, checkpoint, ckpt_path, checkpoint_id(checkpoint, ckpt_path))
+    return Run(path, cfg, checkpoint, ckpt_path, checkpoint_id(checkpoint))
 
 
 def read_config(path: Path) -> DictConfig:
@@ -76,12 +77,22 @@ def read_config(path: Path) -> DictConfig:
     return cfg
 
 
-def checkpoint_id(checkpoint: dict, path: Path) -> str:
-    """'e<epoch>[b<batch>]-<sha256 prefix of the file>': changes whenever the weights do."""
+def checkpoint_id(checkpoint: dict) -> str:
+    """'e<epoch>[b<batch>]-<hash of the weights and criterion state>': changes with the weights.
+
+    Hashed from the loaded tensors, not the file, so a trainer replacing last.pt meanwhile
+    cannot pair one checkpoint's features with another's name.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    for part in ("model", "classifier", "isda"):
+        state = checkpoint.get(part) or {}
+        for name in sorted(state):
+            value = state[name]
+            digest.update(name.encode())
+            if torch.is_tensor(value):
+                digest.update(value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+            else:
+                digest.update(repr(value).encode())
     partial = checkpoint.get("partial")
     where = f"e{int(checkpoint['epoch'])}" + (f"b{int(partial['batch'])}" if partial else "")
     return f"{where}-{digest.hexdigest()[:12]}"
