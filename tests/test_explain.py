@@ -103,6 +103,18 @@ def test_checkpoint_variants_as_full_matrices(kind):
         torch.testing.assert_close(covs.matrices[c], expected.double())
 
 
+def test_agreement_of_two_estimates():
+    cov = random_covariance(6, 9)
+    same = covariance.agreement(cov, cov * 2)
+    assert same["top_cosine"] == pytest.approx(1) and same["top3_overlap"] == pytest.approx(1)
+    assert same["trace_other"] == pytest.approx(2 * same["trace"])
+    values, vectors = directions.eigen(cov)  # the same eigenvectors, the spectrum reversed
+    other = (vectors * values.flip(0)) @ vectors.T
+    moved = covariance.agreement(cov, other)
+    assert moved["top_cosine"] == pytest.approx(0, abs=1e-9)
+    assert moved["top3_overlap"] == pytest.approx(0, abs=1e-9)
+
+
 def test_choose_uses_the_features_without_isda_and_refuses_checkpoint():
     feats = np.random.default_rng(2).normal(size=(40, 4)).astype(np.float32)
     labels = torch.arange(40) % 2

@@ -69,3 +69,14 @@ def choose(source: str, criterion, feats: np.ndarray, labels: torch.Tensor,
     if source == "checkpoint" or (source == "auto" and is_isda and criterion.covariance != "identity"):
         return from_checkpoint(criterion)
     return estimate(feats, labels, num_classes)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor, k: int = 3) -> dict:
+    """How alike two estimates of one class covariance are: their traces, |cos| between their
+    top eigenvectors, and the overlap of their top-k subspaces (mean squared cosine, 1 = same)."""
+    from .directions import eigen
+
+    va, vb = eigen(a)[1][:, :k], eigen(b)[1][:, :k]
+    return {"trace": float(a.trace()), "trace_other": float(b.trace()),
+            "top_cosine": float((va[:, 0] @ vb[:, 0]).abs()),
+            f"top{k}_overlap": float((va.T @ vb).square().sum() / k)}

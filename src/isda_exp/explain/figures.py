@@ -109,8 +109,8 @@ def neighbours_figure(result: dict, data, names, path: Path) -> str:
         for a in q["augmented"]:
             row = [(data.x_test[q["test_index"]], f"test {q['test_index']}", "black"),
                    (data.x_train[q["nearest_train"]], f"a: {names[q['prediction']]}",
-                    "green" if q["prediction"] == label else "red")]
-            row += [(data.x_train[i], names[p], "green" if p == label else "red")
+                    "tab:green" if q["prediction"] == label else "tab:red")]
+            row += [(data.x_train[i], names[p], "tab:green" if p == label else "tab:red")
                     for i, p in zip(a["nearest_train"], a["prediction"])]
             rows.append(row)
             labels.append(f"{names[label]}\nlambda={a['lambda']:g}")

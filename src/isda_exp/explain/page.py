@@ -44,6 +44,14 @@ def _directions(r: dict, names) -> str:
         lines.append(f"| {names[c['class']]} | {c['train_images']} | {top} | {share} | "
                      f"{s['directions_for_50pct']} / {s['directions_for_90pct']} / "
                      f"{s['directions_for_99pct']} |")
+    against = r["covariance"].get("against_final_features")
+    if against:
+        lines += ["", "The checkpoint's Sigma_c is ISDA's running estimate over every training step; "
+                  "against the same estimator on the final model's training features (eval mode):",
+                  "", "| class | trace (checkpoint / final) | top direction, abs cos | top-3 overlap |",
+                  "|---|---|---|---|"]
+        lines += [f"| {names[a['class']]} | {a['trace']:.3g} / {a['trace_other']:.3g} | "
+                  f"{a['top_cosine']:.2f} | {a['top3_overlap']:.2f} |" for a in against]
     return "\n".join(lines) + "\n"
 
 

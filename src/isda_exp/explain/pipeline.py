@@ -40,6 +40,9 @@ def explain(run_dir: str | Path, opts: Options) -> dict:
                            "device": str(device)},
               "covariance": {"source": covs.source, "counts": covs.counts}}
     result["directions"] = _directions(train_feats, data.y_train, covs, classes, opts)
+    if covs.source.startswith("checkpoint") and "identity" not in covs.source:
+        result["covariance"]["against_final_features"] = _against_features(
+            covs, train_feats, data, classes)
     timing["directions_s"] = _lap(tic, timing)
     sampler = Sampler(covs.matrices, opts.seed)
     result["neighbours"] = _neighbours(sampler, built.fc, train_feats, test_feats, data, images,
@@ -116,6 +119,14 @@ def _directions(train_feats, labels, covs, classes, opts) -> list[dict]:
                                for d in found]
         out.append(entry)
     return out
+
+
+def _against_features(covs, train_feats, data, classes) -> list[dict]:
+    """The checkpoint's running estimate (over all of training) against the final model's
+    training features, per shown class: does the final model still vary along those directions?"""
+    final = covariance.estimate(train_feats, data.y_train, data.num_classes)
+    return [{"class": c, **covariance.agreement(covs.matrices[c], final.matrices[c])}
+            for c in classes]
 
 
 def _neighbours(sampler, fc, train_feats, test_feats, data, images, lambdas, draws) -> list[dict]:
