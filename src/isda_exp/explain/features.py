@@ -1,0 +1,96 @@
+"""Penultimate features of every image, computed once in batches and cached beside the run.
+
+The cache is a .npy per split in RUN_DIR/explain/cache/, named by the checkpoint (epoch + content
+hash) and the data (its config and labels): new weights or other data mean a new file. It is
+written batch by batch through a memory map and read back memory-mapped, so neither the images nor
+the features of a large data set need to fit in memory; the rest of explain reads rows of it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from isda_exp.augment import normalize
+from isda_exp.errors import UserError
+from isda_exp.runfiles import disk_errors
+
+CACHE = "cache"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} but no CUDA device is available here; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def batches(images: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
+    """uint8 [N,3,H,W] in slices (views): a streaming loader can stand in for this."""
+    for i in range(0, len(images), size):
+        yield images[i:i + size]
+
+
+@torch.inference_mode()
+def extract(net: torch.nn.Module, stream: Iterable[torch.Tensor], count: int, path: Path,
+            device: torch.device) -> np.ndarray:
+    """Features [count, A] float32 of the uint8 batches in `stream`, written to `path` (.npy)."""
+    net.to(device).eval()
+    tmp = path.with_name(f".{path.name}.tmp")
+    with disk_errors(path):
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32,
+                                        shape=(count, net.feature_dim))
+        done = 0
+        for x in stream:
+            feats = net(normalize(x.to(device))).float().cpu().numpy()
+            out[done:done + len(feats)] = feats
+            done += len(feats)
+        if done != count:
+            raise RuntimeError(f"the image stream gave {done} images, expected {count}")
+        out.flush()
+        del out
+        os.replace(tmp, path)
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def cached_features(cache_dir: Path, split: str, key: str, net: torch.nn.Module,
+                    images: torch.Tensor, device: torch.device, batch_size: int) -> np.ndarray:
+    """The split's features from the cache when it holds this key, else computed and cached."""
+    path = cache_dir / f"features-{split}-{key}.npy"
+    if path.is_file():
+        try:
+            feats = np.load(path, mmap_mode="r", allow_pickle=False)
+            if feats.shape == (len(images), net.feature_dim):
+                return feats
+        except (ValueError, OSError):
+            pass  # a damaged cache file: computed again
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    feats = extract(net, batches(images, batch_size), len(images), path, device)
+    for stale in cache_dir.glob(f"features-{split}-*.npy"):
+        if stale != path:
+            stale.unlink(missing_ok=True)
+    return feats
+
+
+def data_key(dataset_cfg, labels: torch.Tensor) -> str:
+    """A short hash of the data set's config (without where it is stored) and its labels."""
+    node = OmegaConf.to_container(dataset_cfg, resolve=False)
+    node = {k: v for k, v in node.items() if k not in ("root", "download", "npz")}
+    digest = hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode())
+    digest.update(labels.numpy().astype(np.int64).tobytes())
+    return digest.hexdigest()[:10]
+
+
+def rows(feats: np.ndarray, index) -> torch.Tensor:
+    """Some rows of a (memory-mapped) feature array as a float64 tensor."""
+    return torch.from_numpy(np.array(feats[np.asarray(index)], dtype=np.float64))
