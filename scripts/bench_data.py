@@ -5,7 +5,7 @@
    AutoAugment         -- persistent DataLoader workers (trainer.num_workers=auto: cores - 1), and
                           one process alone (num_workers=0) for reference.
 2. A real training epoch (Trainer.train_epoch: data + model, ISDA on) against the same model's pure
-   compute on the same batches, drawn beforehand (Trainer.train_step only, no data loading).
+   compute on the same batches, drawn beforehand (Engine.train_step only, no data loading).
    Each is timed --repeats times, the augmentations taking turns, and the fastest kept.
    Targets: baseline epoch <= 1.10 x pure compute; an AutoAugment epoch <= 1.30 x a baseline
    epoch (2-core CPU); on a GPU machine the AutoAugment workers must deliver more images/s than

@@ -269,14 +269,14 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from isda_exp import preempt
 from isda_exp.cli import config_dir, run
-from isda_exp.trainer import Trainer
+from isda_exp.engine import Engine
 signal.signal(signal.SIGHUP, signal.SIG_DFL)  # as in a terminal, even if pytest runs under nohup
-step = Trainer.train_step
+step = Engine.train_step
 def hang_up(self, *a, **k):
     if a[-1] == 0:  # the first step: the terminal closes
         os.kill(os.getpid(), signal.SIGHUP)
     return step(self, *a, **k)
-Trainer.train_step = hang_up
+Engine.train_step = hang_up
 with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
     cfg = compose("train", overrides=sys.argv[2:])
 try:
