@@ -24,6 +24,9 @@ class Rebuilt:
 def rebuild(cfg, checkpoint: dict) -> Rebuilt:
     """Build the run's objects and load the checkpoint's weights into them (eval mode, CPU)."""
     data = build_data(cfg)
+    if not isinstance(data, Arrays):  # image folders stream from disk: not held as arrays
+        raise UserError(f"explain works on data sets held in memory (CIFAR, synthetic) for now; "
+                        f"dataset={cfg.dataset.name} streams image files, which it cannot read yet")
     net, fc = build_model(cfg, data.num_classes)
     criterion = build_criterion(cfg, net.feature_dim, data.num_classes)
     try:
