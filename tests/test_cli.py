@@ -228,7 +228,8 @@ def test_finished_run_is_not_trained_again_and_other_config_is_refused(tmp_path)
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_numbers(tmp_path):
     args = [*FULL_WIDTH, "trainer.epochs=3", "dataset.train_size=512", "isda=on", "seed=1"]
-    run_cli(*args, "out_root=straight", cwd=tmp_path)
+    # the reference trains here, on 1 thread as the CLI's processes do (OMP_NUM_THREADS=1): same numbers
+    run_here(tmp_path / "straight", *args, "trainer.threads=1")
     straight = read_metrics(tmp_path / "straight/synthetic/resnet32/baseline/isda/seed1")
 
     run_dir = tmp_path / "killed/synthetic/resnet32/baseline/isda/seed1"
