@@ -17,7 +17,7 @@ install:  ## create .venv and install the package (editable) with the tested pin
 # `make test` runs every test not marked slow; `make test-slow` the slow ones (real data, torchrun,
 # kill -9 at random moments, submitit, joblib, the wheel): CI runs both. pytest exits 5 when a
 # marker selects no test (e.g. a checkout without any slow test): that is not a failure here.
-test:  ## the fast tests: everything but the slow end-to-end ones (CPU, ~3-4 min on 2 idle cores, estimated)
+test:  ## the fast tests: everything but the slow end-to-end ones (CPU, ~4-5 min on 2 idle cores, estimated)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	$(PY) -m pytest -q -m "not slow" || [ $$? -eq 5 ]
 
