@@ -26,8 +26,11 @@ from isda_exp.isda import ISDALoss
 from isda_exp.losses import CrossEntropy
 
 CONFIGS = Path(config_dir())
+# ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work
 TINY = ["dataset=synthetic", "dataset.train_size=256", "dataset.test_size=128",
-        "trainer.progress=false", "trainer.tensorboard=true", "trainer.batch_size=64"]
+        "trainer.progress=false", "trainer.tensorboard=true", "trainer.batch_size=64",
+        "+model.net.base_width=4"]
+FULL_WIDTH = TINY[:-1]  # where a run must last long enough to be killed
 METRIC_KEYS = {"epoch", "train_loss", "train_error", "test_loss", "test_error", "lr", "lambda", "seconds"}
 SUMMARY_KEYS = {"test_error_last10", "test_error_final", "test_error_best", "epochs", "seed", "dataset",
                 "model", "aug", "method", "wall_time", "torch_version", "device"}
@@ -130,6 +133,26 @@ def train_in_process(tmp_path: Path, *overrides: str) -> list[dict]:
     return read_metrics(tmp_path)
 
 
+def run_here(out_root: Path, *overrides: str) -> Path:
+    """One run in this process, in the directory the CLI gives it (out_root/run_name): for tests
+    whose subject is the run, not the process."""
+    cfg = composed(*overrides)
+    run_dir = out_root / cfg.run_name
+    with mock.patch.object(preempt, "catch_signals", contextlib.nullcontext):
+        run(cfg, run_dir)
+    return run_dir
+
+
+def in_process_error(tmp_path: Path, monkeypatch, *overrides: str) -> str:
+    """The line the CLI prints for a UserError (test_*_one_clear_error proves the CLI prints it
+    as one line with exit 2): relative paths from tmp_path, as the CLI launched there."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError) as e:
+        run(composed(*overrides), tmp_path / "run")
+    assert "\n" not in str(e.value), str(e.value)
+    return f"error: {e.value}"
+
+
 def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     a = train_in_process(tmp_path / "a", "seed=3")
     b = train_in_process(tmp_path / "b", "seed=3")
@@ -179,8 +202,8 @@ def test_cli_end_to_end_writes_the_run_files(tmp_path):
 
 
 def test_cli_isda_off_is_plain_cross_entropy(tmp_path):
-    run_cli(*TINY, "trainer.epochs=1", "isda=off", "out_root=runs", cwd=tmp_path)
-    run_dir = tmp_path / "runs/synthetic/resnet32/baseline/baseline/seed0"
+    run_dir = run_here(tmp_path / "runs", *TINY, "trainer.epochs=1", "isda=off")
+    assert run_dir == tmp_path / "runs/synthetic/resnet32/baseline/baseline/seed0"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["method"] == "baseline" and summary["variant"] is None
     assert torch.load(run_dir / "last.pt", weights_only=False)["isda"] == {}  # CE has no state
@@ -188,8 +211,8 @@ def test_cli_isda_off_is_plain_cross_entropy(tmp_path):
 
 def test_finished_run_is_not_trained_again_and_other_config_is_refused(tmp_path):
     args = [*TINY, "trainer.epochs=1", "out_root=runs"]
-    run_cli(*args, cwd=tmp_path)
-    run_dir = tmp_path / "runs/synthetic/resnet32/baseline/isda/seed0"
+    run_dir = run_here(tmp_path / "runs", *TINY, "trainer.epochs=1")  # trained here, then the CLI
+    assert run_dir == tmp_path / "runs/synthetic/resnet32/baseline/isda/seed0"
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix in (".json", ".jsonl", ".pt")}
     proc = run_cli(*args, cwd=tmp_path)
     assert "already finished" in proc.stdout
@@ -202,9 +225,11 @@ def test_finished_run_is_not_trained_again_and_other_config_is_refused(tmp_path)
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 1
 
 
+@pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_numbers(tmp_path):
-    args = [*TINY, "trainer.epochs=3", "dataset.train_size=512", "isda=on", "seed=1"]
-    run_cli(*args, "out_root=straight", cwd=tmp_path)
+    args = [*FULL_WIDTH, "trainer.epochs=3", "dataset.train_size=512", "isda=on", "seed=1"]
+    # the reference trains here, on 1 thread as the CLI's processes do (OMP_NUM_THREADS=1): same numbers
+    run_here(tmp_path / "straight", *args, "trainer.threads=1")
     straight = read_metrics(tmp_path / "straight/synthetic/resnet32/baseline/isda/seed1")
 
     run_dir = tmp_path / "killed/synthetic/resnet32/baseline/isda/seed1"
@@ -242,33 +267,30 @@ def one_line_error(proc) -> str:
     return lines[0]
 
 
-def test_no_data_no_network_is_one_clear_error(tmp_path):
+def test_no_data_no_network_is_one_clear_error(tmp_path, monkeypatch):
     proc = run_cli("dataset=cifar10", f"dataset.root={tmp_path / 'empty'}", cwd=tmp_path, check=False)
     msg = one_line_error(proc)
     assert "CIFAR-10" in msg and "dataset.root=" in msg and "dataset.npz=" in msg
-    proc = run_cli("dataset=cifar100", f"dataset.root={tmp_path / 'empty'}", "dataset.download=false",
-                   cwd=tmp_path, check=False)
-    assert "CIFAR-100" in one_line_error(proc)
+    msg = in_process_error(tmp_path, monkeypatch, "dataset=cifar100", f"dataset.root={tmp_path / 'empty'}",
+                           "dataset.download=false")
+    assert "CIFAR-100" in msg
 
 
-def test_missing_and_malformed_npz(tmp_path):
+def test_missing_and_malformed_npz(tmp_path, monkeypatch):
     proc = run_cli("dataset=cifar10", "dataset.npz=nope.npz", cwd=tmp_path, check=False)
     assert "not found" in one_line_error(proc)
     bad = tmp_path / "bad.npz"
     np.savez(bad, x_train=np.zeros((4, 32, 32), np.uint8), y_train=np.zeros(4, np.int64),
              x_test=np.zeros((2, 32, 32, 3), np.uint8), y_test=np.zeros(2, np.int64))
-    proc = run_cli("dataset=cifar10", f"dataset.npz={bad}", cwd=tmp_path, check=False)
-    assert "x_train" in one_line_error(proc) and "[N, 32, 32, 3]" in proc.stderr
+    msg = in_process_error(tmp_path, monkeypatch, "dataset=cifar10", f"dataset.npz={bad}")
+    assert "x_train" in msg and "[N, 32, 32, 3]" in msg
     np.savez(bad, x_train=np.zeros((4, 32, 32, 3), np.uint8), y_train=np.zeros(3, np.int64),
              x_test=np.zeros((2, 32, 32, 3), np.uint8), y_test=np.zeros(2, np.int64))
-    proc = run_cli("dataset=cifar10", f"dataset.npz={bad}", cwd=tmp_path, check=False)
-    assert "y_train" in one_line_error(proc)
+    assert "y_train" in in_process_error(tmp_path, monkeypatch, "dataset=cifar10", f"dataset.npz={bad}")
     np.savez(bad, x_train=np.zeros((4, 32, 32, 3), np.uint8), y_train=np.zeros(4, np.int64))
-    proc = run_cli("dataset=cifar10", f"dataset.npz={bad}", cwd=tmp_path, check=False)
-    assert "x_test" in one_line_error(proc)
+    assert "x_test" in in_process_error(tmp_path, monkeypatch, "dataset=cifar10", f"dataset.npz={bad}")
     (tmp_path / "text.npz").write_text("not an archive")
-    proc = run_cli("dataset=cifar10", "dataset.npz=text.npz", cwd=tmp_path, check=False)
-    assert ".npz" in one_line_error(proc)
+    assert ".npz" in in_process_error(tmp_path, monkeypatch, "dataset=cifar10", "dataset.npz=text.npz")
 
 
 def test_wrong_choice_and_unknown_key_fail_with_hydra_message(tmp_path):
@@ -281,14 +303,12 @@ def test_wrong_choice_and_unknown_key_fail_with_hydra_message(tmp_path):
         assert group in proc.stdout
 
 
-def test_bad_values(tmp_path):
+def test_bad_values(tmp_path, monkeypatch):
     proc = run_cli(*TINY, "trainer.precision=fp8", cwd=tmp_path, check=False)
     assert "fp8" in one_line_error(proc)
-    proc = run_cli(*TINY, "dataset.train_subset=999999", cwd=tmp_path, check=False)
-    assert "train_subset" in one_line_error(proc)
+    assert "train_subset" in in_process_error(tmp_path, monkeypatch, *TINY, "dataset.train_subset=999999")
     if not torch.cuda.is_available():
-        proc = run_cli(*TINY, "device=cuda", cwd=tmp_path, check=False)
-        assert "CUDA" in one_line_error(proc)
+        assert "CUDA" in in_process_error(tmp_path, monkeypatch, *TINY, "device=cuda")
 
 
 # ------------------------------------------------------------------ real data
@@ -316,7 +336,7 @@ def test_resnet32_three_short_epochs_on_real_cifar10(tmp_path, cifar10_npz):
 def test_finished_run_says_what_was_averaged(tmp_path):
     """A 3-epoch run's "last-10" number is the mean of its 3 epochs, and the log says so."""
     args = [*TINY, "trainer.epochs=3", f"hydra.run.dir={tmp_path / 'run'}"]
-    run_cli(*args, cwd=tmp_path)
+    run_here(tmp_path, *args[:-1], "run_name=run")  # trained here; the CLI then reports it
     rows = read_metrics(tmp_path / "run")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_error_last10"] == pytest.approx(np.mean([r["test_error"] for r in rows]))

@@ -39,11 +39,14 @@ TINY = ["dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "
         "isda=on", "seed=1"]  # 4 steps an epoch; ISDA active (lambda > 0) in epoch 2
 RUN = "synthetic/resnet32/baseline/isda/seed1"
 STEPS = 4
+# in-process runs: ResNet-32 at a quarter of its width (1/16 of the work); runs in real processes
+# (TINY) keep the full width, so that they last long enough to be signalled or killed
+QUICK = ["+model.net.base_width=4"]
 
 
-def composed(*overrides: str):
+def composed(*overrides: str, quick: bool = True):
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        return compose("train", overrides=[*TINY, *overrides])
+        return compose("train", overrides=[*TINY, *(QUICK if quick else []), *overrides])
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -70,6 +73,16 @@ def straight_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def straight(straight_dir) -> tuple[list[dict], float]:
     rows, last10 = final(straight_dir)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    return rows, last10
+
+
+@pytest.fixture(scope="module")
+def straight_full(tmp_path_factory) -> tuple[list[dict], float]:
+    """The uninterrupted run at full width (TINY): what the runs in real processes must reproduce."""
+    run_dir = tmp_path_factory.mktemp("straight_full") / RUN
+    run(composed(quick=False), run_dir)
+    rows, last10 = final(run_dir)
     assert [r["epoch"] for r in rows] == [1, 2]
     return rows, last10
 
@@ -256,7 +269,7 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
-def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, straight):
+def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, straight_full):
     run_dir = tmp_path / "runs" / RUN
     args = ["out_root=runs", "trainer.checkpoint_minutes=1e-9"]  # a checkpoint every step: many moments
     proc = start(tmp_path, *args)
@@ -279,11 +292,11 @@ def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, strai
 
     proc = run_cli(*TINY, *args, cwd=tmp_path)
     assert "resuming" in proc.stdout
-    assert final(run_dir) == straight
+    assert final(run_dir) == straight_full
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_numbers(tmp_path, straight):
+def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_numbers(tmp_path, straight_full):
     run_dir = tmp_path / "runs" / RUN
     args = ["out_root=runs", "trainer.checkpoint_minutes=1e-9"]  # saving all the time: kills land mid-save
     rng = random.Random(11)
@@ -301,7 +314,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_numbers(tm
             break
     assert kills >= 3
     proc = run_cli(*TINY, *args, cwd=tmp_path)
-    assert final(run_dir) == straight and no_temp_files(run_dir)
+    assert final(run_dir) == straight_full and no_temp_files(run_dir)
 
 
 # ------------------------------------------------------------------ divergence
@@ -419,7 +432,7 @@ def test_a_bad_last_pt_falls_back_to_the_previous_one(tmp_path, caplog, straight
 def test_no_loadable_checkpoint_is_one_line_naming_the_file_and_the_fix(tmp_path):
     run_dir = tmp_path / "runs" / RUN
     marker = tmp_path / "pwned"
-    run_cli(*TINY, "trainer.epochs=1", "out_root=runs", cwd=tmp_path)
+    run(composed("trainer.epochs=1", quick=False), run_dir)  # trained here, then the CLI
     (run_dir / "summary.json").unlink()
     crafted_checkpoint(run_dir / "last.pt", marker)
     before = (run_dir / "last.pt").read_bytes()
@@ -478,7 +491,7 @@ def test_a_locked_run_names_its_holder(tmp_path):
     assert (run_dir / ".lock").read_text() == ""  # released
 
 
-def test_the_same_command_started_twice_at_once_trains_each_epoch_once(tmp_path, straight):
+def test_the_same_command_started_twice_at_once_trains_each_epoch_once(tmp_path, straight_full):
     a, b = start(tmp_path, "out_root=runs"), start(tmp_path, "out_root=runs")
     (out_a, err_a), (out_b, err_b) = a.communicate(timeout=600), b.communicate(timeout=600)
     codes = sorted([a.returncode, b.returncode])
@@ -487,7 +500,7 @@ def test_the_same_command_started_twice_at_once_trains_each_epoch_once(tmp_path,
     assert len(err.strip().splitlines()) == 1 and "is being trained by another process (host " in err
     assert "pid " in err and "since " in err
     run_dir = tmp_path / "runs" / RUN
-    assert final(run_dir) == straight  # each epoch exactly once, the numbers of one run
+    assert final(run_dir) == straight_full  # each epoch exactly once, the numbers of one run
 
 
 @pytest.mark.slow
@@ -543,7 +556,7 @@ def _tmpfs_works() -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux" or not _tmpfs_works(), reason="needs unshare + tmpfs mounts")
-def test_a_really_full_disk_small_tmpfs(tmp_path, straight):
+def test_a_really_full_disk_small_tmpfs(tmp_path, straight_full):
     """A 6 MB tmpfs holds the first 4 MB checkpoint but not a second beside it."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
@@ -562,14 +575,14 @@ def test_a_really_full_disk_small_tmpfs(tmp_path, straight):
     # lose nothing: on a disk with room, the same run resumes and ends as if never stopped
     proc = run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert "resuming" in proc.stdout
-    assert final(run_dir) == straight
+    assert final(run_dir) == straight_full
 
 
 # ------------------------------------------------------------------ Hydra's Slurm path, run locally
 
 
 @pytest.mark.slow
-def test_submitit_local_sweep_and_a_preempted_job_is_requeued_and_resumes(tmp_path, straight):
+def test_submitit_local_sweep_and_a_preempted_job_is_requeued_and_resumes(tmp_path, straight_full):
     """hydra-submitit-launcher with its local executor (the Slurm launcher's code path): a 2-job
     sweep; one job gets SIGUSR2 (what Slurm/submitit send on preemption or before the time limit),
     writes a mid-epoch checkpoint, is requeued by submitit and resumes to the uninterrupted numbers."""
@@ -590,5 +603,5 @@ def test_submitit_local_sweep_and_a_preempted_job_is_requeued_and_resumes(tmp_pa
     # restarted by the local controller); its INFO lines are not logged, its WARNING is
     job_logs = "".join(p.read_text(errors="replace") for p in (tmp_path / "runs/.submitit").rglob("*.err"))
     assert "Caught signal SIGUSR2" in job_logs and "this job is preempted" in job_logs, job_logs
-    assert final(run_dir) == straight
+    assert final(run_dir) == straight_full
     assert (tmp_path / "runs/synthetic/resnet32/baseline/isda/seed2/summary.json").exists()

@@ -4,10 +4,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,35 @@ from conftest import ROOT, run_cli
 from isda_exp import plan
 from isda_exp.models import flops_per_image
 
+# ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work
 TINY = ["dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "trainer.batch_size=64",
-        "trainer.progress=false", "trainer.tensorboard=false"]
+        "trainer.progress=false", "trainer.tensorboard=false", "+model.net.base_width=4"]
+
+
+class Killed(Exception):
+    """Stands for kill -9 right after a checkpoint: the run stops there, leaving what it wrote."""
+
+
+def interrupted_after_epoch_1(run_dir: Path, *overrides: str) -> None:
+    """Train in this process (1 thread: the numbers of the CLI's runs) until epoch 1's checkpoint."""
+    from hydra import compose, initialize_config_dir
+    from isda_exp import runfiles
+    from isda_exp.cli import config_dir, run
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "trainer.threads=1"])
+    save = runfiles.save_checkpoint
+
+    def save_then_die(path, state):
+        save(path, state)
+        raise Killed
+    runfiles.save_checkpoint = save_then_die
+    try:
+        run(cfg, run_dir)
+    except Killed:
+        pass
+    finally:
+        runfiles.save_checkpoint = save
 
 
 def summaries(root: Path) -> dict[str, dict]:
@@ -37,15 +62,8 @@ def test_sweep_dirs_name_the_run_and_a_second_pass_skips_and_resumes(tmp_path):
     final = (run_dir / "metrics.jsonl").read_text().splitlines()
     straight_ckpt = torch.load(run_dir / "last.pt", weights_only=False)
     (run_dir / "summary.json").unlink()
-    killed = subprocess.Popen([sys.executable, "-m", "isda_exp", *TINY, "trainer.epochs=2", "seed=1", "isda=on",
-                               "out_root=sweep2"], cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt2 = tmp_path / "sweep2/synthetic/resnet32/baseline/isda/seed1/last.pt"
-    deadline = time.time() + 300
-    while not ckpt2.exists() and time.time() < deadline and killed.poll() is None:
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    interrupted_after_epoch_1(ckpt2.parent, *TINY, "trainer.epochs=2", "seed=1", "isda=on")
     state = torch.load(ckpt2, weights_only=False)
     assert state["epoch"] == 1
     for name in ("last.pt", "metrics.jsonl"):
@@ -68,7 +86,8 @@ def test_one_failed_run_does_not_stop_the_others(tmp_path):
                     "--train", "128", "--test", "64"], check=True)
     # cifar100.npz is missing: that job fails, the cifar10 job must still run and finish
     proc = run_cli("-m", "dataset=cifar100,cifar10", "dataset.npz=${dataset.name}.npz", "trainer.epochs=1",
-                   "trainer.batch_size=64", "trainer.progress=false", "out_root=sweep", cwd=tmp_path, check=False)
+                   "trainer.batch_size=64", "trainer.progress=false", "+model.net.base_width=4", "out_root=sweep",
+                   cwd=tmp_path, check=False)
     assert proc.returncode != 0  # the sweep reports the failure at the end
     done = summaries(tmp_path / "sweep")
     assert list(done) == ["cifar10/resnet32/baseline/isda/seed0"]

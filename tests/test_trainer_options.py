@@ -24,6 +24,8 @@ from isda_exp.trainer import Trainer
 
 TINY = ["dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "trainer.batch_size=64",
         "trainer.epochs=1", "trainer.progress=false", "trainer.tensorboard=false"]
+# ResNet-32 at a quarter of its width (1/16 of the work), where a test compares two runs of the same net
+QUICK = "+model.net.base_width=4"
 
 
 def composed(*overrides: str):
@@ -187,14 +189,14 @@ def fake_compile(kind: str):
 
 @pytest.fixture(scope="module")
 def eager_isda_run(tmp_path_factory) -> dict:
-    return trained(tmp_path_factory.mktemp("eager"), "isda=constant")  # lambda > 0 from step one
+    return trained(tmp_path_factory.mktemp("eager"), QUICK, "isda=constant")  # lambda > 0 from step one
 
 
 @pytest.mark.parametrize("kind", ["at_compile", "forward", "backward"])
 def test_failed_compile_falls_back_to_exactly_the_eager_run(tmp_path, monkeypatch, kind, eager_isda_run):
     monkeypatch.setattr(torch, "compile", fake_compile(kind))
     with pytest.warns(UserWarning, match="torch.compile"):
-        fallback = trained(tmp_path, "isda=constant", "trainer.compile=true")
+        fallback = trained(tmp_path, QUICK, "isda=constant", "trainer.compile=true")
     assert fallback == eager_isda_run
 
 
@@ -207,11 +209,11 @@ def test_compile_really_compiles_and_trains(tmp_path, monkeypatch):
         calls.append(net)
         return real(net, backend="aot_eager")
 
-    eager = trained(tmp_path / "eager")
+    eager = trained(tmp_path / "eager", QUICK)
     monkeypatch.setattr(torch, "compile", traced)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="torch.compile")  # no fallback here
-        compiled = trained(tmp_path / "compiled", "trainer.compile=true")
+        compiled = trained(tmp_path / "compiled", QUICK, "trainer.compile=true")
     assert len(calls) == 1
     for key in ("train_loss", "test_loss"):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-3), key
