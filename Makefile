@@ -17,11 +17,11 @@ install:  ## create .venv and install the package (editable) with the tested pin
 # `make test` runs every test not marked slow; `make test-slow` the slow ones (real data, torchrun,
 # kill -9 at random moments, submitit, joblib, the wheel): CI runs both. pytest exits 5 when a
 # marker selects no test (e.g. a checkout without any slow test): that is not a failure here.
-test:  ## the fast tests: everything but the slow end-to-end ones (CPU, ~4-5 min on 2 idle cores, estimated)
+test:  ## every test not marked slow (CPU, 10 min measured on 2 quiet cores)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	$(PY) -m pytest -q -m "not slow" || [ $$? -eq 5 ]
 
-test-slow:  ## the slow end-to-end tests (real data, torchrun, kill -9, submitit; ~4-5 min on 2 idle cores, estimated)
+test-slow:  ## the slow end-to-end tests (real data, torchrun, kill -9, submitit)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
 
