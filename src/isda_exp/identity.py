@@ -37,8 +37,14 @@ def config_label(config) -> str:
     rate = (model.get("net") or {}).get("drop_rate", RECIPE_DROPOUT.get(str(model["name"]), 0.0))
     if not isda.get("loss"):  # no ISDA: the loss's name (baseline for cross-entropy)
         return method_label(str(isda.get("name") or "baseline"), None, str(model["name"]), rate)
-    variant = "constant" if isda.get("constant") else isda["loss"].get("covariance")
-    return method_label("isda", variant, str(model["name"]), rate)
+    return method_label("isda", isda_variant(isda), str(model["name"]), rate)
+
+
+def isda_variant(isda) -> str | None:
+    """ISDA's variant (constant, or the covariance: full, diagonal, ...); None without ISDA."""
+    if not isda.get("loss"):
+        return None
+    return "constant" if isda.get("constant") else str(isda["loss"].get("covariance"))
 
 
 def summary_label(summary: dict) -> str:

@@ -7,7 +7,7 @@ from omegaconf import DictConfig
 
 from . import distributed
 from .device import device_name
-from .identity import summary_fields
+from .identity import isda_variant, summary_fields
 from .losses import loss_name
 
 
@@ -22,7 +22,7 @@ def summarise(cfg: DictConfig, run, history: list[dict], wall: float) -> dict:
         "recipe_epochs": int(cfg.model.recipe.epochs), "batch_size": run.batch_size,
         "seed": run.seed, "dataset": cfg.dataset.name, "model": cfg.model.name,
         "aug": cfg.aug.name, "method": cfg.loss.name if cfg.isda.loss is None else "isda",
-        "variant": None if cfg.isda.loss is None else variant_name(cfg.isda),
+        "variant": isda_variant(cfg.isda),
         "loss": loss_name(cfg.loss._target_),
         "drop_rate": float(cfg.model.net.get("drop_rate") or 0.0),
         "lambda_0": float(cfg.isda.lambda_0), "train_size": run.train.num_images,
@@ -33,6 +33,3 @@ def summarise(cfg: DictConfig, run, history: list[dict], wall: float) -> dict:
         "wall_time": wall, "torch_version": torch.__version__, "device": device_name(run.device),
     }
 
-
-def variant_name(isda: DictConfig) -> str:
-    return "constant" if isda.constant else str(isda.loss.covariance)
