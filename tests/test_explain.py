@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -17,15 +18,19 @@ from omegaconf import OmegaConf
 from scipy import integrate, stats
 
 from isda_exp import preempt
+from isda_exp.augment import normalize
 from isda_exp.cli import config_dir, run
 from isda_exp.errors import UserError
 from isda_exp.explain import covariance, directions, neighbours
 from isda_exp.explain.bound import isda_bound, mc_expected_ce
 from isda_exp.explain.cli import main
-from isda_exp.explain.run import checkpoint_id
+from isda_exp.explain.rebuild import rebuild
+from isda_exp.explain.run import checkpoint_id, load_run
 from isda_exp.explain.sampling import Sampler
 from isda_exp.isda import ISDALoss
 from isda_exp.losses import CrossEntropy
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------ directions
 
@@ -350,3 +355,63 @@ def test_bad_inputs_one_line_exit_2(tiny_run, tmp_path, capsys):
     assert "not a test-set index" in error_line(capsys)
     assert snapshot(run_dir) == before
     assert (run_dir / "explain").exists() == had_explain
+
+
+# ------------------------------------------------------------------ an image-folder run
+
+
+@pytest.fixture(scope="module")
+def folder_run(tmp_path_factory):
+    """The planted data as PNG class folders (lossless, 32 px: the evaluation transform keeps the
+    pixels), a 2-epoch ISDA ResNet-32 trained on the folder in this process. Returns the run dir,
+    the training images' factor and pixels in the folder's order (class by class)."""
+    root = tmp_path_factory.mktemp("explain_folder")
+    factor = planted_npz(root / "planted.npz")
+    with np.load(root / "planted.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    spec = importlib.util.spec_from_file_location("cifar_folder", ROOT / "scripts" / "cifar_folder.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for split, x, y in (("train", arrays["x_train"], arrays["y_train"]),
+                        ("val", arrays["x_test"], arrays["y_test"])):
+        script.write_split(root / "data" / split, x, y, len(y), 32, 90, 1)  # every image a PNG
+    order = np.concatenate([np.flatnonzero(arrays["y_train"] == c) for c in range(4)])
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        cfg = compose("train", overrides=[
+            "dataset=folder", f"dataset.root={root / 'data'}", "dataset.train_crop=32",
+            "dataset.eval_resize=32", "dataset.eval_crop=32", "dataset.scale=[0.8,1.0]",
+            "model=resnet32", "isda=on", "trainer.epochs=2", "trainer.batch_size=32",
+            "trainer.threads=1", "trainer.num_workers=0", "trainer.progress=false",
+            "trainer.tensorboard=false", "seed=0"])
+    run_dir = root / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    with mock.patch.object(preempt, "catch_signals", contextlib.nullcontext):
+        run(cfg, run_dir)
+    return run_dir, factor[order], arrays["x_train"][order]
+
+
+def test_explain_on_an_image_folder_run(folder_run):
+    """Features streamed from the files equal the network on the same pixels held in memory
+    (normalised with the folder's mean and std); the planted factor is found again; the class
+    names are the folders'; the tiles are read from the files."""
+    run_dir, size, pixels = folder_run
+    before = snapshot(run_dir)
+    assert main([str(run_dir), "--classes", "class000,class002", "--strip", "100",
+                 "--batch-size", "24", *FAST]) == 0
+    result = json.loads((run_dir / "explain" / "explain.json").read_text())
+    assert [d["class"] for d in result["directions"]] == [0, 2]
+    cached = next((run_dir / "explain" / "cache").glob("features-train-*.npy"))
+    loaded = load_run(run_dir)
+    built = rebuild(loaded.cfg, loaded.checkpoint)
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        direct = built.net(normalize(x, built.data.norm)).numpy()
+    assert built.data.norm == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    np.testing.assert_allclose(np.load(cached), direct, rtol=1e-4, atol=1e-4)
+    top = result["directions"][0]["directions"][0]
+    rho = stats.spearmanr(top["strip_projections"], size[top["strip"]]).statistic
+    assert abs(rho) > 0.9, rho
+    assert built.data.x_train[int(top["strip"][0])].shape == (3, 64, 64)  # a tile from its file
+    assert "class000" in (run_dir / "explain" / "explain.md").read_text()
+    assert snapshot(run_dir) == before

@@ -46,22 +46,25 @@ def _check_generator(generator: torch.Generator, device: torch.device) -> None:
         )
 
 
-def normalize(x: Tensor) -> Tensor:
-    """uint8 [..., 3, H, W] -> float32 (x/255 - mean)/std on the same device, in one fused pass."""
+def normalize(x: Tensor, norm: tuple | None = None) -> Tensor:
+    """uint8 [..., 3, H, W] -> float32 (x/255 - mean)/std on the same device, in one fused pass.
+
+    norm: (mean, std) per RGB channel on the 0-1 scale (an image folder's); None: CIFAR's."""
     if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.dim() < 3 or x.shape[-3] != 3:
         got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
         raise ValueError(f"normalize expects uint8 images [..., 3, H, W], got {got}")
-    shift, scale = _normalize_constants(x.device)
+    mean, std = norm if norm is not None else (CIFAR_MEAN, CIFAR_STD)
+    shift, scale = normalizer(tuple(mean), tuple(std), x.device)
     return torch.addcmul(shift, x.to(torch.float32), scale)
 
 
 @functools.lru_cache(maxsize=None)
-def _normalize_constants(device: torch.device) -> tuple[Tensor, Tensor]:
-    """-mean/std and 1/(255 std) as [3, 1, 1] on device, built once (no host copy per batch)."""
-    mean = torch.tensor(CIFAR_MEAN, dtype=torch.float64).view(3, 1, 1)
-    std = torch.tensor(CIFAR_STD, dtype=torch.float64).view(3, 1, 1)
-    shift, scale = -mean / std, 1.0 / (255.0 * std)
-    return shift.to(device, torch.float32), scale.to(device, torch.float32)
+def normalizer(mean: tuple, std: tuple, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(-mean/std, 1/(255 std)) as [3, 1, 1] on device, built once (no host copy per batch):
+    x_float = shift + x_uint8 * scale."""
+    m = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
+    return (-m / s).to(device, torch.float32), (1.0 / (255.0 * s)).to(device, torch.float32)
 
 
 def _reflect(i: Tensor, size: int) -> Tensor:

@@ -1,5 +1,6 @@
 """ImageNet-style transforms on uint8 image tensors [3, H, W]: RandomResizedCrop + flip (training)
-and resize-short-side + centre crop (evaluation), plus the normalisation constants of a data set.
+and resize-short-side + centre crop (evaluation); ImageNet's normalisation constants (applied by
+isda_exp.augment.normalize).
 
 The random draws are torchvision's, made from a caller's generator instead of torch's global RNG:
 `random_resized_crop_box` is `torchvision.transforms.RandomResizedCrop.get_params` line for line
@@ -9,7 +10,6 @@ tensor kernel (bilinear, antialiased: close to the PIL resize of the authors' pi
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -58,11 +58,3 @@ def crop_flip_train(img: Tensor, size: int, scale, ratio, generator: torch.Gener
 def resize_centre_crop(img: Tensor, resize: int, crop: int) -> Tensor:
     """Evaluation: the short side to `resize` (torchvision's Resize(int)), then the centre crop."""
     return TF.center_crop(TF.resize(img, [resize], antialias=True), [crop, crop])
-
-
-@functools.lru_cache(maxsize=None)
-def normalizer(mean: tuple, std: tuple, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(-mean/std, 1/(255 std)) as [3, 1, 1] on device: x_float = shift + x_uint8 * scale."""
-    m = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
-    return (-m / s).to(device, torch.float32), (1.0 / (255.0 * s)).to(device, torch.float32)

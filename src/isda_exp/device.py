@@ -6,15 +6,16 @@ import torch
 from .errors import UserError
 
 
-def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+def resolve_device(name: str, local_rank: int | None = None, flag: str = "device=") -> torch.device:
     """auto|cpu|cuda|cuda:N -> the device; under several ranks (`local_rank` given) auto and cuda
-    mean this rank's GPU (local rank modulo the GPUs visible), and cuda:N is refused."""
+    mean this rank's GPU (local rank modulo the GPUs visible), and cuda:N is refused. `flag`: how
+    the caller's user spells the setting in the error lines (a Hydra key, or a --flag)."""
     name = str(name)
     if local_rank is not None and name.startswith("cuda:"):
-        raise UserError(f"device={name} under a multi-process launch: each rank uses the GPU of "
+        raise UserError(f"{flag}{name} under a multi-process launch: each rank uses the GPU of "
                         "its local rank; use device=auto or device=cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA device is available here; use device=cpu or auto")
+        raise UserError(f"{flag}{name} but no CUDA device is available here; use {flag}cpu or auto")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and local_rank is not None:

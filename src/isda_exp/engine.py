@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from . import distributed
 from .augment import normalize
 from .checkpoint import rng_states, set_rng_states
-from .crops import normalizer
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,11 +47,7 @@ class Engine:
 
     def inputs(self, x_uint8: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the network's normalized float input in the run's memory format."""
-        if self.norm is None:
-            x = normalize(x_uint8)
-        else:
-            shift, scale = normalizer(*self.norm, x_uint8.device)
-            x = torch.addcmul(shift, x_uint8.to(torch.float32), scale)
+        x = normalize(x_uint8, self.norm)
         return x.contiguous(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

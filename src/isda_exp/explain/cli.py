@@ -27,7 +27,7 @@ def _ints(text: str) -> list[int]:
 
 
 HELP = {
-    "classes": "classes for the directions: indices or CIFAR-10 names (default: 3 spread over the labels)",
+    "classes": "classes for the directions: indices or names (CIFAR-10's, an image folder's class folders; default: 3 spread over the labels)",
     "images": "test-set indices for the neighbours (default: the first test image of each class)",
     "lambdas": "multiples of lambda_0 for the keep-rate and bound curves (default %(default)s)",
     "show_lambdas": "multiples of lambda_0 in the neighbours figure (default %(default)s)",

@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -24,27 +24,11 @@ from isda_exp.runfiles import disk_errors
 CACHE = "cache"
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} but no CUDA device is available here; use --device cpu or auto")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
-
-
-def batches(images: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
-    """uint8 [N,3,H,W] in slices (views): a streaming loader can stand in for this."""
-    for i in range(0, len(images), size):
-        yield images[i:i + size]
-
-
 @torch.inference_mode()
 def extract(net: torch.nn.Module, stream: Iterable[torch.Tensor], count: int, path: Path,
-            device: torch.device) -> np.ndarray:
-    """Features [count, A] float32 of the uint8 batches in `stream`, written to `path` (.npy)."""
+            device: torch.device, norm: tuple | None = None) -> np.ndarray:
+    """Features [count, A] float32 of the uint8 batches in `stream`, written to `path` (.npy);
+    `norm`: the data source's (mean, std), None for CIFAR's (as the run's engine normalised)."""
     net.to(device).eval()
     tmp = path.with_name(f".{path.name}.tmp")
     with disk_errors(path):
@@ -52,7 +36,7 @@ def extract(net: torch.nn.Module, stream: Iterable[torch.Tensor], count: int, pa
                                         shape=(count, net.feature_dim))
         done = 0
         for x in stream:
-            feats = net(normalize(x.to(device))).float().cpu().numpy()
+            feats = net(normalize(x.to(device), norm)).float().cpu().numpy()
             out[done:done + len(feats)] = feats
             done += len(feats)
         if done != count:
@@ -63,9 +47,10 @@ def extract(net: torch.nn.Module, stream: Iterable[torch.Tensor], count: int, pa
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
-def cached_features(cache_dir: Path, split: str, key: str, net: torch.nn.Module,
-                    images: torch.Tensor, device: torch.device, batch_size: int) -> np.ndarray:
-    """The split's features from the cache when it holds this key, else computed and cached."""
+def cached_features(cache_dir: Path, split: str, key: str, net: torch.nn.Module, images,
+                    device: torch.device, batch_size: int, norm: tuple | None = None) -> np.ndarray:
+    """The split's features from the cache when it holds this key, else computed and cached.
+    `images`: an explain.source.Images (its batches are read only when the cache misses)."""
     path = cache_dir / f"features-{split}-{key}.npy"
     if path.is_file():
         try:
@@ -75,7 +60,7 @@ def cached_features(cache_dir: Path, split: str, key: str, net: torch.nn.Module,
         except (ValueError, OSError):
             pass  # a damaged cache file: computed again
     cache_dir.mkdir(parents=True, exist_ok=True)
-    feats = extract(net, batches(images, batch_size), len(images), path, device)
+    feats = extract(net, images.batches(batch_size), len(images), path, device, norm)
     for stale in cache_dir.glob(f"features-{split}-*.npy"):
         if stale != path:
             stale.unlink(missing_ok=True)

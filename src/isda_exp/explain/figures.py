@@ -34,33 +34,36 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-TILE, GAP, HEAD = 32, 4, 11  # pixels of a tile, the gap between tiles, the room for its title
-SCALE = 2.4                   # screen pixels per image pixel
+GAP, HEAD = 4, 11  # pixels between tiles and above each (its title), at a 32-pixel tile's scale
+WIDTH = 76.8       # screen pixels of a tile (a 32-pixel CIFAR image at 2.4x; a folder's 64 at 1.2x)
 
 
 def _mosaic(rows: list[list], labels: list[str], title: str, path: Path, label_in: float = 1.1) -> str:
     """An image grid as ONE picture on one axes (a hundred axes take a minute to lay out).
 
-    rows: per row, tiles (uint8 image [3, 32, 32], title, colour); labels: one per row, at the left.
+    rows: per row, tiles (uint8 image [3, T, T] of one size T, title, colour); labels: one per row.
     """
+    tile = rows[0][0][0].shape[-1]
+    scale = WIDTH / tile  # screen pixels per image pixel
+    gap, head = GAP * tile // 32, HEAD * tile // 32
     cols = max(len(r) for r in rows)
-    height, width = len(rows) * (TILE + HEAD), cols * (TILE + GAP)
+    height, width = len(rows) * (tile + head), cols * (tile + gap)
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
     for r, row in enumerate(rows):
         for c, (image, _, _) in enumerate(row):
-            y, x = r * (TILE + HEAD) + HEAD, c * (TILE + GAP)
-            canvas[y:y + TILE, x:x + TILE] = image.permute(1, 2, 0).numpy()
+            y, x = r * (tile + head) + head, c * (tile + gap)
+            canvas[y:y + tile, x:x + tile] = image.permute(1, 2, 0).numpy()
     title_in = 0.2 + 0.16 * (title.count("\n") + 1)
-    w_in, h_in = width * SCALE / DPI + label_in + 0.1, height * SCALE / DPI + title_in
+    w_in, h_in = width * scale / DPI + label_in + 0.1, height * scale / DPI + title_in
     fig = _figure(w_in, h_in, grid=True)
-    ax = fig.add_axes([label_in / w_in, 0.02 / h_in, width * SCALE / DPI / w_in, height * SCALE / DPI / h_in])
+    ax = fig.add_axes([label_in / w_in, 0.02 / h_in, width * scale / DPI / w_in, height * scale / DPI / h_in])
     ax.imshow(canvas, interpolation="nearest")
     ax.set_axis_off()
     for r, row in enumerate(rows):
-        y = r * (TILE + HEAD) + HEAD
-        ax.text(-3, y + TILE / 2, labels[r], ha="right", va="center", fontsize=7)
+        y = r * (tile + head) + head
+        ax.text(-3 * tile / 32, y + tile / 2, labels[r], ha="right", va="center", fontsize=7)
         for c, (_, text, colour) in enumerate(row):
-            ax.text(c * (TILE + GAP) + TILE / 2, y - 1.5, text, ha="center", va="bottom",
+            ax.text(c * (tile + gap) + tile / 2, y - 1.5 * tile / 32, text, ha="center", va="bottom",
                     fontsize=6.5, color=colour)
     fig.suptitle(title, fontsize=8, y=1 - 0.05 / h_in, va="top")
     return _save(fig, path)

@@ -6,14 +6,12 @@ from dataclasses import dataclass, field
 
 from isda_exp.errors import UserError
 
-CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-                 "truck")
 PAPER_LAMBDA_0 = 0.5  # the reference lambda for a run trained without ISDA
 
 
 @dataclass
 class Options:
-    classes: list[str] | None = None      # indices or (CIFAR-10) names; None: 3 spread classes
+    classes: list[str] | None = None      # indices or names (CIFAR-10's, a folder's); None: 3 spread classes
     images: list[int] | None = None       # test-set indices; None: the first of each class
     lambdas: list[float] = field(default_factory=lambda: [0, 0.5, 1, 2, 4, 8, 16])  # x lambda_0
     show_lambdas: list[float] = field(default_factory=lambda: [1, 4])               # x lambda_0
@@ -40,12 +38,6 @@ class Options:
             if not values or any(not math.isfinite(v) or v < 0 for v in values):
                 raise UserError(f"--{name.replace('_', '-')} {values} must be finite multiples of "
                                 "lambda_0 >= 0, comma-separated, e.g. 0,1,2,4")
-
-
-def class_names(dataset_name: str, num_classes: int) -> list[str]:
-    if dataset_name == "cifar10" and num_classes == 10:
-        return list(CIFAR10_NAMES)
-    return [f"class {c}" for c in range(num_classes)]
 
 
 def resolve_classes(requested: list[str] | None, names: list[str]) -> list[int]:

@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import covariance, directions, features, figures, neighbours, page
+from isda_exp.device import resolve_device
+
+from . import covariance, directions, features, figures, neighbours, page, source
 from .bound import bound_curve
-from .options import (PAPER_LAMBDA_0, Options, class_names, resolve_classes, resolve_images)
+from .options import PAPER_LAMBDA_0, Options, resolve_classes, resolve_images
 from .rebuild import rebuild
 from .run import load_run
 from .sampling import Sampler, logits
@@ -22,9 +24,9 @@ def explain(run_dir: str | Path, opts: Options) -> dict:
     opts.check()
     run = load_run(run_dir, opts.overrides)
     cfg = run.cfg
-    names = class_names(str(cfg.dataset.name), int(cfg.dataset.num_classes))
+    names = source.class_names(cfg.dataset)
     classes = resolve_classes(opts.classes, names)  # before building anything
-    device = features.resolve_device(opts.device)
+    device = resolve_device(opts.device, flag="--device ")
     built = rebuild(cfg, run.checkpoint)
     data = built.data
     images = resolve_images(opts.images, data.y_test, classes)
@@ -77,9 +79,10 @@ def _features(run, built, device, batch_size: int):
     cache = run.out / features.CACHE
     data = built.data
     out = []
-    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        key = f"{run.checkpoint_id}-{features.data_key(run.cfg.dataset, y)}"
-        out.append(features.cached_features(cache, split, key, built.net, x, device, batch_size))
+    for split, images in (("train", data.x_train), ("test", data.x_test)):
+        key = f"{run.checkpoint_id}-{features.data_key(run.cfg.dataset, images.labels)}"
+        out.append(features.cached_features(cache, split, key, built.net, images, device,
+                                            batch_size, data.norm))
     return out
 
 

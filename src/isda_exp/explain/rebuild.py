@@ -9,24 +9,25 @@ from dataclasses import dataclass
 import torch
 
 from isda_exp.build import build_criterion, build_data, build_model
-from isda_exp.data import Arrays
 from isda_exp.errors import UserError
+from isda_exp.stream import resolve_workers
+
+from .source import ExplainData, explain_data
 
 
 @dataclass
 class Rebuilt:
-    data: Arrays
+    data: ExplainData
     net: torch.nn.Module
     fc: torch.nn.Linear
     criterion: torch.nn.Module  # ISDALoss for ISDA runs (its statistics loaded), else the run's loss
 
 
 def rebuild(cfg, checkpoint: dict) -> Rebuilt:
-    """Build the run's objects and load the checkpoint's weights into them (eval mode, CPU)."""
-    data = build_data(cfg)
-    if not isinstance(data, Arrays):  # image folders stream from disk: not held as arrays
-        raise UserError(f"explain works on data sets held in memory (CIFAR, synthetic) for now; "
-                        f"dataset={cfg.dataset.name} streams image files, which it cannot read yet")
+    """Build the run's objects and load the checkpoint's weights into them (eval mode, CPU).
+    An image folder's files are decoded by as many workers as the run trained with."""
+    source = build_data(cfg)
+    data = explain_data(source, resolve_workers(cfg.trainer.get("num_workers", 0)))
     net, fc = build_model(cfg, data.num_classes)
     criterion = build_criterion(cfg, net.feature_dim, data.num_classes)
     try:
