@@ -37,3 +37,12 @@ def run_cli(*overrides: str, cwd: Path, timeout: float = 600, check: bool = True
     if check and proc.returncode != 0:
         raise AssertionError(f"isda_exp failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`make test` runs 2 workers on 2 cores) each worker computes on one
+    thread, as the CLI runs the tests start do (OMP_NUM_THREADS=1): no oversubscribed cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

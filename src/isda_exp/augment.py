@@ -19,7 +19,6 @@ import functools
 
 import torch
 from torch import Tensor
-from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
 from .errors import BadValue
 from .seeding import ITEM_CROP, ITEM_POLICY, item_seed
@@ -172,6 +171,8 @@ class AutoAugmentDataset(torch.utils.data.Dataset):
         self.labels = torch.as_tensor(labels)
         self.seed = int(seed)
         self.cutout_length = cutout_length
+        from torchvision.transforms import AutoAugment, AutoAugmentPolicy  # ~3 s: only when used
+
         self.autoaugment = AutoAugment(AutoAugmentPolicy.CIFAR10, fill=AUTOAUGMENT_FILL)
 
     def __len__(self) -> int:

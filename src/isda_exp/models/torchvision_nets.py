@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torchvision
 
 from ._registry import register_model
 
@@ -21,6 +20,8 @@ class TorchvisionFeatures(nn.Module):
 
     def __init__(self, arch: str):
         super().__init__()
+        import torchvision  # here: importing torchvision takes ~3 s, which a CIFAR run never needs
+
         net = getattr(torchvision.models, arch)(weights=None)
         head = "fc" if hasattr(net, "fc") else "classifier"
         self.feature_dim = getattr(net, head).in_features
