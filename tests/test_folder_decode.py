@@ -5,6 +5,7 @@ unreadable files); a CUDA device that cannot decode JPEG falls back to the CPU w
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ from conftest import ROOT
 from isda_exp import folder_decode, folder_stream
 from isda_exp.augment import build_augment
 from isda_exp.build import build_data
-from isda_exp.cli import config_dir
+from isda_exp.cli import config_dir, run
 from isda_exp.data import load_synthetic
 from isda_exp.errors import UserError
 from isda_exp.folder import load_folder
@@ -169,3 +170,21 @@ def test_on_a_gpu_batches_decode_with_nvjpeg_close_to_the_workers_path(folder):
     ev = list(device.eval_stream(gpu).batches(6))
     for (x, y), (xe, ye) in zip(ev, evaluation(workers)):
         assert torch.equal(y.cpu(), ye) and (x.cpu().float() - xe.float()).abs().mean() < 2.0
+
+
+def test_a_run_with_decode_device_gives_the_metrics_of_decode_workers(folder, tmp_path):
+    """The whole loop (build, train, evaluate, bad_images) on the CPU: the same metric rows."""
+    rows = {}
+    for decode in ("workers", "device"):
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+            cfg = compose("train", overrides=[
+                "dataset=folder", f"dataset.root={folder}", f"dataset.decode={decode}",
+                "dataset.train_crop=16", "dataset.eval_resize=20", "dataset.eval_crop=16",
+                "model=resnet32", "+model.net.base_width=4", "isda=diagonal", "trainer.batch_size=8",
+                "trainer.epochs=1", "trainer.num_workers=0", "trainer.threads=1",
+                "trainer.progress=false", "trainer.tensorboard=false", "device=cpu"])
+        run(cfg, tmp_path / decode)
+        rows[decode] = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                        for line in (tmp_path / decode / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows["workers"]) == 1 and "bad_images" in rows["workers"][0]
+    assert rows["device"] == rows["workers"]
