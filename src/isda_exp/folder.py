@@ -17,8 +17,8 @@ import torch
 from . import seeding
 from .crops import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
-from .subsets import class_balanced_holdout, seeded_subset
 from .folder_decode import DeviceDecodeLoader, check_decode
+from .subsets import class_balanced_holdout, seeded_subset
 from .folder_stream import BadImages, FolderEvalStream, FolderImages, FolderTrainStream
 
 log = logging.getLogger("isda_exp")
