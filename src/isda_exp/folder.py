@@ -17,6 +17,7 @@ import torch
 from . import seeding
 from .crops import IMAGENET_MEAN, IMAGENET_STD
 from .errors import UserError
+from .folder_decode import DeviceDecodeLoader, check_decode
 from .subsets import class_balanced_holdout, seeded_subset
 from .folder_stream import BadImages, FolderEvalStream, FolderImages, FolderTrainStream
 
@@ -69,7 +70,7 @@ class ImageFolderSource:
     """A DataSource (isda_exp.stream) over train/ and val/ class folders; see load_folder."""
 
     def __init__(self, name: str, root: str, classes: list[str], train: tuple, evaluation: tuple,
-                 eval_split: str, transform: dict, mean, std):
+                 eval_split: str, transform: dict, mean, std, decode: str = "workers"):
         self.name, self.root, self.classes, self.num_classes = name, root, classes, len(classes)
         self.train_root, self.train_files, self.train_labels = train
         self.eval_root, self.eval_files, self.eval_labels = evaluation
@@ -77,6 +78,8 @@ class ImageFolderSource:
         self.mean, self.std = tuple(mean), tuple(std)  # the engine normalises with these
         self.bad = BadImages()
         self.num_workers = 0  # set by train_stream: the evaluation loader uses as many
+        # decode=device: workers read bytes, batches are decoded on the device (folder_decode)
+        self.make_loader = DeviceDecodeLoader if decode == "device" else None
 
     @property
     def num_train(self) -> int:
@@ -87,11 +90,13 @@ class ImageFolderSource:
         check_augment(augment)
         images = FolderImages(self.train_root, self.train_files, self.train_labels, self.transform, seed)
         self.num_workers = num_workers
-        return FolderTrainStream(images, batch_size, seed, device, num_workers, self.bad, rank, world)
+        return FolderTrainStream(images, batch_size, seed, device, num_workers, self.bad, rank, world,
+                                 self.make_loader)
 
     def eval_stream(self, device: torch.device, rank: int = 0, world: int = 1) -> FolderEvalStream:
         images = FolderImages(self.eval_root, self.eval_files, self.eval_labels, self.transform)
-        return FolderEvalStream(images, self.eval_split, device, self.num_workers, self.bad, rank, world)
+        return FolderEvalStream(images, self.eval_split, device, self.num_workers, self.bad, rank, world,
+                                self.make_loader)
 
 
 def check_augment(augment) -> None:
@@ -110,19 +115,22 @@ def load_folder(name: str, root: str | None, num_classes: int | None = None, tra
                 ratio=(3 / 4, 4 / 3), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                 train_subset: int | None = None, test_subset: int | None = None,
                 subset_seed: int = 0, validation: int | None = None,
-                train_size: int | None = None, test_size: int | None = None) -> ImageFolderSource:
+                train_size: int | None = None, test_size: int | None = None,
+                decode: str = "workers") -> ImageFolderSource:
     """An image-folder data set from `root` (see the module docstring).
 
     num_classes: the expected class count (checked; null: whatever the folders hold).
     train_size/test_size: the expected image counts (for `isda_exp.plan`'s cost; a warning when
     the folders hold others). validation=N: evaluate on a seeded class-balanced hold-out of N
     training images instead of val/ (the lambda_0 protocol); train_subset/test_subset as on CIFAR.
+    decode: "workers" (decode in the DataLoader workers) or "device" (isda_exp.folder_decode).
     """
     if root is None:
         raise UserError(f"dataset.root is not set: give dataset.root=DIR, a folder holding "
                         f"train/<class>/* and val/<class>/* images (dataset={name})")
     root = os.path.abspath(os.path.expanduser(str(root)))
     _check_transform(train_crop, eval_resize, eval_crop, scale, ratio, mean, std)
+    check_decode(decode)
     classes, root = list_classes(root)
     if num_classes is not None and int(num_classes) != len(classes):
         raise UserError(f"dataset.num_classes={num_classes} but {root}/train holds {len(classes)} "
@@ -149,7 +157,8 @@ def load_folder(name: str, root: str | None, num_classes: int | None = None, tra
     transform = {"train_crop": int(train_crop), "eval_resize": int(eval_resize),
                  "eval_crop": int(eval_crop), "scale": tuple(map(float, scale)),
                  "ratio": tuple(map(float, ratio))}
-    return ImageFolderSource(name, root, classes, train, evaluation, split, transform, mean, std)
+    return ImageFolderSource(name, root, classes, train, evaluation, split, transform, mean, std,
+                             decode)
 
 
 def _take(part: tuple, idx: torch.Tensor | None) -> tuple:

@@ -11,6 +11,9 @@ the next readable image of the list (its own label), with the augmentation of th
 batch shapes and determinism are kept, and the replacements are counted (`BadImages`) and shown in
 the epoch's metrics row as `bad_images` (this process's batches since the last evaluation, summed
 over ranks by the engine; batches served before a resume are not recounted).
+
+`make_loader` swaps how batches are made (dataset.decode=device: isda_exp.folder_decode reads
+the files' bytes in the workers and decodes and transforms batches on the training device).
 """
 from __future__ import annotations
 
@@ -66,13 +69,16 @@ class FolderImages(torch.utils.data.Dataset):
         """(uint8 [3, S, S], label, 1 if the image was replaced else 0)."""
         epoch, index = key if isinstance(key, tuple) else (None, key)
         img, used = self._read_from(index)
+        return self.transformed(img, epoch, index), int(self.labels[used]), int(used != index)
+
+    def transformed(self, img: torch.Tensor, epoch: int | None, index: int) -> torch.Tensor:
+        """Item (epoch, index)'s transform of a decoded image (on any device): the crop and flip
+        keyed by (seed, epoch, index) for training, the centre crop for evaluation (epoch None)."""
         t = self.transform
         if epoch is None:
-            img = resize_centre_crop(img, t["eval_resize"], t["eval_crop"])
-        else:
-            gen = torch.Generator().manual_seed(item_seed(self.seed, epoch, index, ITEM_CROP))
-            img = crop_flip_train(img, t["train_crop"], t["scale"], t["ratio"], gen)
-        return img, int(self.labels[used]), int(used != index)
+            return resize_centre_crop(img, t["eval_resize"], t["eval_crop"])
+        gen = torch.Generator().manual_seed(item_seed(self.seed, epoch, index, ITEM_CROP))
+        return crop_flip_train(img, t["train_crop"], t["scale"], t["ratio"], gen)
 
     def _read_from(self, index: int) -> tuple[torch.Tensor, int]:
         """The image at index, or the next readable one (cyclically) and its index."""
@@ -105,10 +111,10 @@ class FolderTrainStream:
     """Augmented uint8 training batches (this rank's share of each global batch) on the device."""
 
     def __init__(self, images: FolderImages, batch_size: int, seed: int, device: torch.device,
-                 num_workers: int, bad: BadImages, rank: int = 0, world: int = 1):
+                 num_workers: int, bad: BadImages, rank: int = 0, world: int = 1, make_loader=None):
         self.num_images, self.batch_size, self.device, self.bad = len(images), batch_size, device, bad
         self.sampler = EpochBatchSampler(self.num_images, batch_size, seed, rank, world)
-        self.loader = _loader(images, self.sampler, device, num_workers, persistent=True)
+        self.loader = (make_loader or _loader)(images, self.sampler, device, num_workers, persistent=True)
 
     def __len__(self) -> int:
         return -(-self.num_images // self.batch_size)
@@ -140,16 +146,18 @@ class FolderEvalStream:
     top5 = True  # the engine reports top-5 error too (ImageNet's second figure)
 
     def __init__(self, images: FolderImages, split: str, device: torch.device, num_workers: int,
-                 bad: BadImages, rank: int = 0, world: int = 1):
+                 bad: BadImages, rank: int = 0, world: int = 1, make_loader=None):
         self.images, self.split, self.device, self.bad = images, split, device, bad
+        self.make_loader = make_loader or _loader
         self.num_images, self.num_workers = len(images), num_workers
         self.lo, self.hi = shard(len(images), rank, world)
         self._loaders: dict[int, torch.utils.data.DataLoader] = {}
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         if batch_size not in self._loaders:  # workers kept for the next epoch's evaluation
-            self._loaders[batch_size] = _loader(self.images, _Range(self.lo, self.hi, batch_size),
-                                                self.device, self.num_workers, persistent=True)
+            self._loaders[batch_size] = self.make_loader(
+                self.images, _Range(self.lo, self.hi, batch_size), self.device, self.num_workers,
+                persistent=True)
         for x, y, bad in self._loaders[batch_size]:
             self.bad.count += bad
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)

@@ -65,7 +65,8 @@ def science_config(cfg: DictConfig) -> dict:
     trainer = c.get("trainer", {})
     keep = {k: trainer.get(k) for k in ("epochs", "batch_size", "precision")}
     science = {"seed": c["seed"], "model": c["model"],
-               "dataset": _without(c["dataset"], ("root", "download", "npz")),
+               # where the data is and how it is decoded (decode: the same pixels), not what it is
+               "dataset": _without(c["dataset"], ("root", "download", "npz", "decode")),
                "aug": _without(c["aug"], ("_target_",)),  # how it is built, not what it is
                "isda": c["isda"], "trainer": keep, "loss": c.get("loss")}
     return _as_stored_before(science)
