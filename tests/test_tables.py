@@ -281,6 +281,25 @@ def planned(overrides: list[str]) -> list[dict]:
     return plan.plan(overrides, tflops=60)
 
 
+def test_plan_composes_a_seed_sweep_once_and_gives_the_full_composes(tmp_path):
+    """plan.composed reuses one compose for jobs that differ only in their seed: every config
+    equals Hydra's own compose of that job (resolved), and the run folders follow the seed."""
+    from hydra import compose, initialize_config_dir
+
+    from isda_exp import plan
+    from isda_exp.paths import config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        jobs = plan.sweep_overrides(["experiment=table5", "dataset=cifar10", "isda=off,on",
+                                     "seed=0,2", f"out_root={tmp_path}"])
+        fast = [OmegaConf.to_container(c, resolve=True) for c in plan.composed(jobs)]
+        full = [OmegaConf.to_container(compose("train", overrides=j), resolve=True) for j in jobs]
+    assert len(jobs) == 4 and fast == full
+    assert sorted(c["seed"] for c in fast) == [0, 0, 2, 2]
+    assert len({c["run_name"] for c in fast}) == 4
+
+
 def test_table5_plan_lists_36_runs(tmp_path):
     rows = planned(["experiment=table5", f"out_root={tmp_path}"])
     assert len(rows) == 2 * 6 * 3

@@ -7,6 +7,7 @@ forward pass over the test set per epoch.
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import sys
 
@@ -62,11 +63,27 @@ def job_cost(cfg) -> dict:
             "pflops": cost.run_pflops(flops, epochs, n_train, n_test)}
 
 
+def composed(jobs: list[list[str]]):
+    """Each job's composed config. Jobs that differ only in `seed=` are composed once and then
+    given their seed: a compose takes ~0.5 s, so a 3-seed table plans 3x faster. The seed is a
+    plain value; keys that interpolate it resolve on access, so they follow it."""
+    parser, cache = OverridesParser.create(), {}
+    for job in jobs:
+        parsed = [(text, parser.parse_override(text)) for text in job]
+        seeds = [ov.value() for _, ov in parsed if ov.get_key_element() == "seed"]
+        rest = tuple(text for text, ov in parsed if ov.get_key_element() != "seed")
+        if rest not in cache:
+            cache[rest] = compose("train", overrides=list(rest))
+        cfg = copy.deepcopy(cache[rest])
+        if seeds:
+            cfg.seed = seeds[-1]
+        yield cfg
+
+
 def plan(overrides: list[str], tflops: float) -> list[dict]:
     rows = []
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
-        for job in sweep_overrides(overrides):
-            cfg = compose("train", overrides=job)
+        for cfg in composed(sweep_overrides(overrides)):
             run_dir = run_dir_of(cfg)
             status = ("finished" if (run_dir / SUMMARY).exists()
                       else "resume" if (run_dir / CHECKPOINT).exists() else "new")
