@@ -1,4 +1,8 @@
-"""`python -m isda_exp`: the Hydra entry point of one run (or of each job of a -m sweep)."""
+"""`python -m isda_exp`: the Hydra entry point of one run (or of each job of a -m sweep).
+
+torch (2-3 s to import) and the modules that need it are imported by the functions that use
+them: a mistyped command, --help or a refused config answers in about a second.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,13 +13,11 @@ import traceback
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import distributed, preempt, runfiles, runlock
-from .build import check_buildable
+from . import preempt, runfiles, runlock
 from .errors import UserError
 from .identity import science_config
 from .paths import config_dir
@@ -91,7 +93,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
             log.warning(f"running elsewhere: {e}")
             return None
         print(f"error: {e}", file=sys.stderr)
-        distributed.leave(2)
+        _leave(2)
     except Exception as e:
         failed(e, run_dir, Path(hc.sweep.dir) if multirun else None)
     return None
@@ -101,10 +103,11 @@ def failed(e: Exception, run_dir: Path, sweep_dir: Path | None) -> None:
     """A run that stopped on an error. Bad input: one line, exit 2. A bug: failed.json and the
     traceback. In a sweep: failed.json (unless the command was refused), one line, and the next
     job goes on; the sweep lists its failed runs at the end (runlock.SweepReport) and exits 1."""
+    distributed = sys.modules.get("isda_exp.distributed")  # None: no rank was ever joined
     user = isinstance(e, UserError)
     text = str(e) if user else f"{type(e).__name__}: {e}"
     info = {"error": text} if user else {"error": text, "traceback": traceback.format_exc()}
-    if distributed.world() > 1 and not user:  # the first rank to fail tells why; the others follow
+    if distributed is not None and distributed.world() > 1 and not user:  # the first rank to fail tells why; the others follow
         if not (run_dir / runfiles.FAILED).exists():
             _write_failed(run_dir, {**info, "rank": distributed.rank()})
         print(distributed.failure_message(e), file=sys.stderr, flush=True)
@@ -123,7 +126,15 @@ def failed(e: Exception, run_dir: Path, sweep_dir: Path | None) -> None:
     if not user:
         raise e
     print(f"error: {e}", file=sys.stderr)
-    distributed.leave(2)
+    _leave(2)
+
+
+def _leave(code: int) -> None:
+    """Exit with `code`; a rank of several leaves through isda_exp.distributed.leave."""
+    distributed = sys.modules.get("isda_exp.distributed")  # not imported: one plain process
+    if distributed is None:
+        sys.exit(code)
+    distributed.leave(code)
 
 
 def _write_failed(run_dir: Path, info: dict) -> None:
@@ -158,6 +169,9 @@ def run(cfg: DictConfig, run_dir: Path, record: dict[str, str] | None = None) ->
     `record`: Hydra's files for .hydra/, written when the run trains.
     """
     check_config(cfg)
+    from . import distributed
+    from .build import check_buildable
+
     check_buildable(cfg)  # isda=on with loss=focal, aug=cutout without a hole, ...: before any work
     # under DDP the ranks of one run share its directory: rank 0 holds the lock for all of them
     lock = RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()
@@ -167,6 +181,8 @@ def run(cfg: DictConfig, run_dir: Path, record: dict[str, str] | None = None) ->
 
 
 def _run_locked(cfg: DictConfig, run_dir: Path, record: dict[str, str]) -> dict:
+    from . import distributed
+
     check_same_run(cfg, run_dir)
     summary_path = run_dir / runfiles.SUMMARY
     if summary_path.exists():
@@ -174,7 +190,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, record: dict[str, str]) -> dict:
         log.info(f"{run_dir} has already finished (test error, {averaged(summary)}: "
                  f"{summary['test_error_last10']:.2f}%); nothing to train")
         return summary
-    from .trainer import Trainer  # imported here so --help and config errors stay fast
+    from .trainer import Trainer
 
     trainer = Trainer(cfg, run_dir)  # the data is loaded: the run starts here
     if distributed.is_main():
@@ -255,6 +271,12 @@ def join_ranks(cfg: DictConfig) -> None:
     Each rank trains on its share of every global batch on its own device; rank 0 alone logs
     (the others log warnings and errors only, to the console) and writes the run's files.
     """
+    from .launch import environment
+
+    if environment() is None:  # one process: no ranks to join (and torch not imported yet)
+        return
+    from . import distributed
+
     cfg.device = distributed.setup(str(cfg.device), float(cfg.trainer.get("dist_timeout_s") or 600))
     if not distributed.is_main():
         root = logging.getLogger()
@@ -273,6 +295,8 @@ def share_machine(cfg: DictConfig, hc) -> None:
     n_jobs = int(hc.launcher.get("n_jobs", -1) or -1)
     cores = os.cpu_count() or 1
     n_jobs = cores if n_jobs < 1 else n_jobs
+    import torch
+
     if cfg.trainer.threads is None:
         torch.set_num_threads(max(1, cores // n_jobs))
     if cfg.trainer.num_workers == "auto":
