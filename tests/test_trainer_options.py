@@ -58,7 +58,7 @@ def isda_features(trainer: Trainer, x: torch.Tensor) -> torch.Tensor:
 def test_each_precision_trains_and_isda_statistics_stay_float32(tmp_path, precision):
     # fp16 autocast is ~20x slower than fp32 on a CPU without fp16 arithmetic: keep the run small
     small = ["dataset.train_size=32", "dataset.test_size=16", "trainer.batch_size=16", "trainer.epochs=2"]
-    trainer = Trainer(composed(f"trainer.precision={precision}", "isda=on", *small), tmp_path)
+    trainer = Trainer(composed(f"trainer.precision={precision}", "isda=on", QUICK, *small), tmp_path)
     row = {**trainer.train_epoch(1), **trainer.evaluate()}  # epoch 1: lambda > 0, quadratic term on
     assert row["lambda"] > 0
     assert all(math.isfinite(row[k]) for k in ("train_loss", "test_loss", "train_error", "test_error"))
@@ -88,7 +88,7 @@ def test_each_precision_trains_and_isda_statistics_stay_float32(tmp_path, precis
 
 
 def test_bf16_logits_are_close_to_fp32(tmp_path):
-    nets = {p: Trainer(composed(f"trainer.precision={p}"), tmp_path / p) for p in ("fp32", "bf16")}
+    nets = {p: Trainer(composed(f"trainer.precision={p}", QUICK), tmp_path / p) for p in ("fp32", "bf16")}
     batch = nets["fp32"].run.data.x_test[:64]
     out = {}
     for precision, trainer in nets.items():
