@@ -15,7 +15,7 @@ from isda_exp.data import Arrays, load_synthetic, take_subsets
 from isda_exp.errors import UserError
 
 TINY = ["dataset=synthetic", "dataset.train_size=256", "dataset.test_size=128", "trainer.batch_size=64",
-        "trainer.progress=false", "trainer.tensorboard=false"]
+        "trainer.progress=false", "trainer.tensorboard=false", "+model.net.base_width=4"]
 
 
 # ------------------------------------------------------------------ the hold-out
@@ -342,7 +342,7 @@ def tiny_npz(folder: Path, n_train: int = 400, n_test: int = 40) -> Path:
 
 def test_table5_composes_and_runs_in_miniature(tmp_path):
     """experiment=table5's sweep, two of its cells, on ResNet-32 and tiny data, then --table 5."""
-    run_cli("-m", "experiment=table5", "model=resnet32", "dataset=synthetic", "dataset.train_size=128",
+    run_cli("-m", "experiment=table5", "model=resnet32", "+model.net.base_width=4", "dataset=synthetic", "dataset.train_size=128",
             "dataset.test_size=32", "trainer.batch_size=64", "trainer.epochs=1", "trainer.progress=false",
             "trainer.tensorboard=false", "isda=off,diagonal", "seed=0", "out_root=t5", cwd=tmp_path)
     found = sorted(p.parent.relative_to(tmp_path / "t5").as_posix() for p in (tmp_path / "t5").rglob("summary.json"))
@@ -457,7 +457,7 @@ def test_table3_plan_is_54_plus_42_distinct_runs(tmp_path):
 
 def test_table3_composes_and_runs_in_miniature(tmp_path):
     """experiment=table3's sweep for two rows (a loss; ISDA + Dropout) on ResNet-32 and tiny data."""
-    run_cli("-m", "experiment=table3", "model=resnet32", "dataset=synthetic", "dataset.train_size=128",
+    run_cli("-m", "experiment=table3", "model=resnet32", "+model.net.base_width=4", "dataset=synthetic", "dataset.train_size=128",
             "dataset.test_size=32", "trainer.batch_size=64", "trainer.epochs=1", "trainer.progress=false",
             "trainer.tensorboard=false", "method=focal,isda_dropout", "seed=0", "out_root=t3", cwd=tmp_path)
     summaries = {p.parent.relative_to(tmp_path / "t3").as_posix(): json.loads(p.read_text())
