@@ -122,15 +122,17 @@ def test_2_the_cli_refuses_a_misspelt_plus_key_in_one_line(tmp_path):
 # ---------------------------------------------------------------- 3. a refused rerun changes no file
 
 
-def test_3_a_refused_rerun_changes_no_file_of_the_run(tmp_path):
-    run_cli(*TINY, *QUICK, "out_root=runs", cwd=tmp_path)
+def test_3_a_refused_rerun_changes_no_file_of_the_run(tmp_path, cli_here):
+    # the CLI's entry in-process (Hydra's logging and records included): the files are the point;
+    # test_cli and test_7 launch these refusals (exit 2; a sweep's exit 1) as real processes
+    assert cli_here(*TINY, *QUICK, "out_root=runs").returncode == 0
     run_dir = tmp_path / "runs" / RUN
     assert "precision: fp32" in (run_dir / ".hydra" / "config.yaml").read_text()
     before = files(run_dir)
-    proc = run_cli(*TINY, *QUICK, "out_root=runs", "trainer.precision=bf16", cwd=tmp_path, check=False)
+    proc = cli_here(*TINY, *QUICK, "out_root=runs", "trainer.precision=bf16")
     assert proc.returncode == 2 and "another configuration" in one_line(proc)
     assert files(run_dir) == before
-    proc = run_cli("-m", *TINY, *QUICK, "out_root=runs", "trainer.precision=bf16", cwd=tmp_path, check=False)
+    proc = cli_here("-m", *TINY, *QUICK, "out_root=runs", "trainer.precision=bf16")
     assert proc.returncode == 1 and "another configuration" in proc.stderr
     assert files(run_dir) == before and "Traceback" not in proc.stdout + proc.stderr
 
@@ -167,10 +169,11 @@ def test_5_a_truncated_summary_is_one_line_and_the_run_gets_no_failed_json(tmp_p
 # ---------------------------------------------------------------- 6. unwritable output directory
 
 
-def test_6_an_output_directory_that_cannot_be_written_is_one_line_exit_2(tmp_path):
+def test_6_an_output_directory_that_cannot_be_written_is_one_line_exit_2(tmp_path, cli_here):
     (tmp_path / "afile").write_text("not a folder")
-    for sweep in ((), ("-m",)):
-        proc = run_cli(*sweep, *TINY, "out_root=afile/runs", cwd=tmp_path, check=False)
+    for sweep in ((), ("-m",)):  # a real process, then the same entry in-process
+        proc = cli_here(*sweep, *TINY, "out_root=afile/runs") if sweep else \
+            run_cli(*sweep, *TINY, "out_root=afile/runs", cwd=tmp_path, check=False)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "afile/runs" in one_line(proc) and "out_root=DIR" in proc.stderr
 
@@ -256,8 +259,10 @@ def _epoch(path: Path) -> int:
 
 def test_10_ctrl_c_while_loading_is_one_line_status_130(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    # Ctrl-C as in a terminal, also when pytest itself runs in the background (where SIGINT is ignored)
     proc = subprocess.Popen([sys.executable, "-m", "isda_exp", *TINY, "out_root=runs"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.5)  # torch and Hydra are still loading
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
