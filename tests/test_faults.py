@@ -568,13 +568,13 @@ def _tmpfs_works() -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux" or not _tmpfs_works(), reason="needs unshare + tmpfs mounts")
-def test_a_really_full_disk_small_tmpfs(tmp_path, caplog, straight_full):
-    """A 6 MB tmpfs holds the first 4 MB checkpoint but not a second beside it."""
+def test_a_really_full_disk_small_tmpfs(tmp_path, caplog, straight):
+    """A 540 KB tmpfs holds the first 360 KB checkpoint (QUICK) but not a second beside it."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     saved = tmp_path / "saved"
-    cmd = " ".join([sys.executable, "-m", "isda_exp", *TINY, f"out_root={mnt}/runs"])
-    script = (f"mount -t tmpfs -o size=6m none {mnt} && {{ {cmd} > {tmp_path}/out 2> {tmp_path}/err; "
+    cmd = " ".join([sys.executable, "-m", "isda_exp", *TINY, *QUICK, f"out_root={mnt}/runs"])
+    script = (f"mount -t tmpfs -o size=540k none {mnt} && {{ {cmd} > {tmp_path}/out 2> {tmp_path}/err; "
               f"echo $? > {tmp_path}/rc; df -k {mnt} > {tmp_path}/df; cp -a {mnt}/runs {saved}; }}")
     subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=600,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -587,9 +587,9 @@ def test_a_really_full_disk_small_tmpfs(tmp_path, caplog, straight_full):
     # lose nothing: on a disk with room, the same run resumes (here: the CLI's run()) and ends as
     # if never stopped
     caplog.set_level(logging.INFO, logger="isda_exp")
-    run(composed(quick=False), run_dir)
+    run(composed(), run_dir)
     assert "resuming" in caplog.text
-    assert final(run_dir) == straight_full
+    assert final(run_dir) == straight
 
 
 # ------------------------------------------------------------------ Hydra's Slurm path, run locally
