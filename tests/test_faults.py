@@ -2,8 +2,8 @@
 
 Each test asserts the user-visible outcome: the exit status, the one-line message, the files
 left, and (where the run can go on) that the recovered run ends with exactly the numbers of an
-uninterrupted one. Runs are tiny (128 images, 4 steps an epoch, 1 thread) so that CPU results are
-bit-for-bit reproducible across processes.
+uninterrupted one. Runs are tiny (64 or 128 images, 4 steps an epoch, 1 thread) so that CPU
+results are bit-for-bit reproducible across processes.
 """
 from __future__ import annotations
 
