@@ -46,3 +46,36 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+
+
+@pytest.fixture
+def cli_here(tmp_path, monkeypatch, capsys):
+    """`python -m isda_exp ARGS` run in this process from tmp_path, as run_cli's result: the same
+    entry (cli.main: the command's checks, then Hydra), without starting an interpreter (torch
+    alone takes seconds to import). For what is not about the process boundary; the root logger
+    gets its handlers back afterwards (Hydra's job logging replaces them)."""
+    import logging
+
+    from isda_exp.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    root = logging.getLogger()
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        handlers, level = root.handlers[:], root.level
+        monkeypatch.setattr(sys, "argv", ["isda_exp", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        finally:
+            for h in root.handlers:
+                if h not in handlers:
+                    h.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+    return call

@@ -2,8 +2,8 @@
 
 Each test asserts the user-visible outcome: the exit status, the one-line message, the files
 left, and (where the run can go on) that the recovered run ends with exactly the numbers of an
-uninterrupted one. Runs are tiny (128 images, 4 steps an epoch, 1 thread) so that CPU results are
-bit-for-bit reproducible across processes.
+uninterrupted one. Runs are tiny (64 or 128 images, 4 steps an epoch, 1 thread) so that CPU
+results are bit-for-bit reproducible across processes.
 """
 from __future__ import annotations
 
@@ -39,9 +39,12 @@ TINY = ["dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "
         "isda=on", "seed=1"]  # 4 steps an epoch; ISDA active (lambda > 0) in epoch 2
 RUN = "synthetic/resnet32/baseline/isda/seed1"
 STEPS = 4
-# in-process runs: ResNet-32 at a quarter of its width (1/16 of the work); runs in real processes
-# (TINY) keep the full width, so that they last long enough to be signalled or killed
-QUICK = ["+model.net.base_width=4"]
+# in-process runs: ResNet-32 at a quarter of its width (1/16 of the work) on half the images, still
+# 4 steps an epoch; runs in real processes (TINY) keep the full width, so that they last long
+# enough to be signalled or killed
+QUICK_BATCH = 16
+QUICK = ["+model.net.base_width=4", "dataset.train_size=64", "dataset.test_size=32",
+         f"trainer.batch_size={QUICK_BATCH}"]
 
 
 def composed(*overrides: str, quick: bool = True):
@@ -167,11 +170,15 @@ def test_null_epochs_and_batch_size_mean_the_recipe():
 
 
 def test_bad_values_from_the_command_line_are_one_line_exit_2(tmp_path):
-    for override, text in (("trainer.epochs=0", "trainer.epochs=0 is not allowed"),
-                           ("seed=abc", "seed=abc is not allowed")):
-        proc = run_cli(*TINY, override, "out_root=runs", cwd=tmp_path, check=False)
-        assert text in one_line_error(proc)
-        assert not list((tmp_path / "runs").rglob("last.pt")) and not list((tmp_path / "runs").rglob("metrics.jsonl"))
+    # one real process for the contract (exit 2, one line on stderr); the second value in-process:
+    # the CLI prints the same UserError as that one line
+    proc = run_cli(*TINY, "trainer.epochs=0", "out_root=runs", cwd=tmp_path, check=False)
+    assert "trainer.epochs=0 is not allowed" in one_line_error(proc)
+    assert not list((tmp_path / "runs").rglob("last.pt")) and not list((tmp_path / "runs").rglob("metrics.jsonl"))
+    with pytest.raises(UserError) as e:
+        run(composed("seed=abc"), tmp_path / "runs" / RUN)
+    assert "seed=abc is not allowed" in str(e.value) and "\n" not in str(e.value)
+    assert not list((tmp_path / "runs").rglob("last.pt")) and not list((tmp_path / "runs").rglob("metrics.jsonl"))
 
 
 # ------------------------------------------------------------------ mid-epoch resume: the data
@@ -211,7 +218,7 @@ def test_a_stop_signal_mid_epoch_writes_a_mid_epoch_checkpoint_and_resumes_exact
     assert lines == [f"stopped by {signal.Signals(sig).name} in epoch 2/2 after batch 2/4: checkpoint "
                      f"written to {run_dir / 'last.pt'}; run the same command to resume"]
     ckpt = runfiles.load_checkpoint(run_dir / "last.pt")
-    assert ckpt["epoch"] == 1 and ckpt["partial"]["batch"] == 2 and ckpt["partial"]["seen"] == 64
+    assert ckpt["epoch"] == 1 and ckpt["partial"]["batch"] == 2 and ckpt["partial"]["seen"] == 2 * QUICK_BATCH
     assert not (run_dir / "summary.json").exists() and no_temp_files(run_dir)
 
     monkeypatch.undo()
@@ -269,7 +276,7 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
         time.sleep(0.02)
 
 
-def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, straight_full):
+def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, caplog, straight_full):
     run_dir = tmp_path / "runs" / RUN
     args = ["out_root=runs", "trainer.checkpoint_minutes=1e-9"]  # a checkpoint every step: many moments
     proc = start(tmp_path, *args)
@@ -290,8 +297,10 @@ def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, strai
     assert proc.returncode == 130 and "Traceback" not in out + err and "KeyboardInterrupt" not in err, out + err
     assert out.count("stopped by SIGINT") == 1 and "resuming" in out
 
-    proc = run_cli(*TINY, *args, cwd=tmp_path)
-    assert "resuming" in proc.stdout
+    # what the signalled processes saved resumes here (the CLI's run(), its numbers on 1 thread)
+    caplog.set_level(logging.INFO, logger="isda_exp")
+    run(composed("trainer.checkpoint_minutes=1e-9", quick=False), run_dir)
+    assert "resuming" in caplog.text
     assert final(run_dir) == straight_full
 
 
@@ -321,7 +330,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_numbers(tm
 
 
 def test_a_huge_lr_stops_with_one_line_and_failed_json(tmp_path):
-    proc = run_cli(*TINY, "model.recipe.lr=1e6", "out_root=runs", cwd=tmp_path, check=False)
+    proc = run_cli(*TINY, *QUICK, "model.recipe.lr=1e6", "out_root=runs", cwd=tmp_path, check=False)
     msg = one_line_error(proc)
     assert "training diverged in epoch 1/2 at step" in msg and "loss nan" in msg
     assert "model.recipe.lr" in msg and "isda.lambda_0" in msg
@@ -365,7 +374,7 @@ def test_divergence_mid_run_keeps_the_last_good_checkpoint_and_the_report_does_n
 
 
 def test_no_host_sync_per_step(tmp_path, monkeypatch):
-    trainer = Trainer(composed("isda=off", "dataset.train_size=256"), tmp_path)  # 8 steps
+    trainer = Trainer(composed("isda=off", f"dataset.train_size={8 * QUICK_BATCH}"), tmp_path)  # 8 steps
     syncs = []
     for name in ("item", "__bool__", "__float__", "tolist", "cpu", "numpy"):
         original = getattr(torch.Tensor, name)
@@ -429,15 +438,18 @@ def test_a_bad_last_pt_falls_back_to_the_previous_one(tmp_path, caplog, straight
     assert final(warm) == straight
 
 
-def test_no_loadable_checkpoint_is_one_line_naming_the_file_and_the_fix(tmp_path):
+def test_no_loadable_checkpoint_is_one_line_naming_the_file_and_the_fix(tmp_path, capfd):
     run_dir = tmp_path / "runs" / RUN
     marker = tmp_path / "pwned"
-    run(composed("trainer.epochs=1", quick=False), run_dir)  # trained here, then the CLI
+    run(composed("trainer.epochs=1"), run_dir)
     (run_dir / "summary.json").unlink()
     crafted_checkpoint(run_dir / "last.pt", marker)
     before = (run_dir / "last.pt").read_bytes()
-    proc = run_cli(*TINY, "trainer.epochs=1", "out_root=runs", cwd=tmp_path, check=False)
-    msg = one_line_error(proc)
+    capfd.readouterr()
+    with pytest.raises(UserError) as e:  # the CLI prints it as its one line, exit 2 (test above)
+        run(composed("trainer.epochs=1"), run_dir)
+    msg = str(e.value)
+    assert "\n" not in msg and capfd.readouterr().err == ""  # nothing else on stderr
     assert str(run_dir / "last.pt") in msg and "refused" in msg and "move last.pt" in msg
     assert not marker.exists() and (run_dir / "last.pt").read_bytes() == before  # nothing deleted
 
@@ -556,13 +568,13 @@ def _tmpfs_works() -> bool:
 
 
 @pytest.mark.skipif(sys.platform != "linux" or not _tmpfs_works(), reason="needs unshare + tmpfs mounts")
-def test_a_really_full_disk_small_tmpfs(tmp_path, straight_full):
-    """A 6 MB tmpfs holds the first 4 MB checkpoint but not a second beside it."""
+def test_a_really_full_disk_small_tmpfs(tmp_path, caplog, straight):
+    """A 540 KB tmpfs holds the first 360 KB checkpoint (QUICK) but not a second beside it."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     saved = tmp_path / "saved"
-    cmd = " ".join([sys.executable, "-m", "isda_exp", *TINY, f"out_root={mnt}/runs"])
-    script = (f"mount -t tmpfs -o size=6m none {mnt} && {{ {cmd} > {tmp_path}/out 2> {tmp_path}/err; "
+    cmd = " ".join([sys.executable, "-m", "isda_exp", *TINY, *QUICK, f"out_root={mnt}/runs"])
+    script = (f"mount -t tmpfs -o size=540k none {mnt} && {{ {cmd} > {tmp_path}/out 2> {tmp_path}/err; "
               f"echo $? > {tmp_path}/rc; df -k {mnt} > {tmp_path}/df; cp -a {mnt}/runs {saved}; }}")
     subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=600,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -572,10 +584,12 @@ def test_a_really_full_disk_small_tmpfs(tmp_path, straight_full):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: no space left on device while writing {mnt}/runs/"), err
     assert runfiles.load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and no_temp_files(run_dir)
-    # lose nothing: on a disk with room, the same run resumes and ends as if never stopped
-    proc = run_cli(*TINY, f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert "resuming" in proc.stdout
-    assert final(run_dir) == straight_full
+    # lose nothing: on a disk with room, the same run resumes (here: the CLI's run()) and ends as
+    # if never stopped
+    caplog.set_level(logging.INFO, logger="isda_exp")
+    run(composed(), run_dir)
+    assert "resuming" in caplog.text
+    assert final(run_dir) == straight
 
 
 # ------------------------------------------------------------------ Hydra's Slurm path, run locally

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,9 +14,10 @@ import torch
 from conftest import ROOT, run_cli
 from isda_exp import plan
 from isda_exp.models import flops_per_image
+from isda_exp.report.cli import main as report_main
 
-# ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work
-TINY = ["dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "trainer.batch_size=64",
+# ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work; 2 steps an epoch
+TINY = ["dataset=synthetic", "dataset.train_size=32", "dataset.test_size=16", "trainer.batch_size=16",
         "trainer.progress=false", "trainer.tensorboard=false", "+model.net.base_width=4"]
 
 
@@ -50,9 +51,10 @@ def summaries(root: Path) -> dict[str, dict]:
     return {str(p.parent.relative_to(root)): json.loads(p.read_text()) for p in root.rglob("summary.json")}
 
 
-def test_sweep_dirs_name_the_run_and_a_second_pass_skips_and_resumes(tmp_path):
-    args = ["-m", *TINY, "trainer.epochs=2", "seed=0,1", "isda=off,on", "out_root=sweep"]
-    run_cli(*args, cwd=tmp_path)
+def test_sweep_dirs_name_the_run_and_a_second_pass_skips_and_resumes(tmp_path, cli_here):
+    # both passes through the CLI's entry in-process: a sweep in a real process is test_integrity's test_7
+    args = ["-m", *TINY, "trainer.epochs=2", "trainer.threads=1", "seed=0,1", "isda=off,on", "out_root=sweep"]
+    assert cli_here(*args).returncode == 0
     done = summaries(tmp_path / "sweep")
     assert sorted(done) == [f"synthetic/resnet32/baseline/{m}/seed{s}" for m in ("baseline", "isda") for s in (0, 1)]
     assert {(d["method"], d["seed"]) for d in done.values()} == {(m, s) for m in ("baseline", "isda") for s in (0, 1)}
@@ -70,7 +72,8 @@ def test_sweep_dirs_name_the_run_and_a_second_pass_skips_and_resumes(tmp_path):
         shutil.copy(ckpt2.parent / name, run_dir / name)
 
     before = {k: v for k, v in summaries(tmp_path / "sweep").items()}
-    proc = run_cli(*args, cwd=tmp_path)
+    proc = cli_here(*args)
+    assert proc.returncode == 0
     assert proc.stdout.count("already finished") == 3
     assert proc.stdout.count("resuming") == 1
     after = summaries(tmp_path / "sweep")
@@ -81,21 +84,22 @@ def test_sweep_dirs_name_the_run_and_a_second_pass_skips_and_resumes(tmp_path):
     assert straight_ckpt["epoch"] == 2
 
 
-def test_one_failed_run_does_not_stop_the_others(tmp_path):
-    subprocess.run([sys.executable, str(ROOT / "scripts/synthetic_npz.py"), str(tmp_path / "cifar10.npz"),
-                    "--train", "128", "--test", "64"], check=True)
+def test_one_failed_run_does_not_stop_the_others(tmp_path, monkeypatch, capsys, cli_here):
+    monkeypatch.setattr(sys, "argv", ["synthetic_npz.py", str(tmp_path / "cifar10.npz"), "--train", "32", "--test", "16"])
+    runpy.run_path(str(ROOT / "scripts/synthetic_npz.py"), run_name="__main__")  # the script, in-process
     # cifar100.npz is missing: that job fails, the cifar10 job must still run and finish
-    proc = run_cli("-m", "dataset=cifar100,cifar10", "dataset.npz=${dataset.name}.npz", "trainer.epochs=1",
-                   "trainer.batch_size=64", "trainer.progress=false", "+model.net.base_width=4", "out_root=sweep",
-                   cwd=tmp_path, check=False)
+    proc = cli_here("-m", "dataset=cifar100,cifar10", "dataset.npz=${dataset.name}.npz", "trainer.epochs=1",
+                    "trainer.batch_size=16", "trainer.progress=false", "trainer.tensorboard=false",
+                    "trainer.threads=1", "+model.net.base_width=4", "out_root=sweep")
     assert proc.returncode != 0  # the sweep reports the failure at the end
     done = summaries(tmp_path / "sweep")
     assert list(done) == ["cifar10/resnet32/baseline/isda/seed0"]
     failed = json.loads((tmp_path / "sweep/cifar100/resnet32/baseline/isda/seed0/failed.json").read_text())
     assert "cifar100.npz" in failed["error"] and "not found" in failed["error"]
-    report = subprocess.run([sys.executable, "-m", "isda_exp.report", "sweep"], cwd=tmp_path,
-                            capture_output=True, text=True)
-    assert "failed" in report.stdout.lower() and "cifar100.npz" in report.stdout
+    capsys.readouterr()
+    report_main([str(tmp_path / "sweep")])  # `python -m isda_exp.report sweep`, in-process
+    out = capsys.readouterr().out
+    assert "failed" in out.lower() and "cifar100.npz" in out
 
 
 @pytest.mark.slow
