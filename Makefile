@@ -17,9 +17,12 @@ install:  ## create .venv and install the package (editable) with the tested pin
 # `make test` runs every test not marked slow; `make test-slow` the slow ones (real data, torchrun,
 # kill -9 at random moments, submitit, joblib, the wheel): CI runs both. pytest exits 5 when a
 # marker selects no test (e.g. a checkout without any slow test): that is not a failure here.
-test:  ## every test not marked slow (CPU, 10 min measured on 2 quiet cores)
+# Both spread the test files over one pytest-xdist worker per core (-n auto; whole files, so a
+# module's shared fixture is built once): most tests run one CPU thread or a CLI process each.
+XDIST ?= -n auto --dist loadfile
+test:  ## every test not marked slow (CPU; see README for the measured time)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-	$(PY) -m pytest -q -m "not slow" || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m "not slow" $(XDIST) || [ $$? -eq 5 ]
 
 test-slow:  ## the slow end-to-end tests (real data, torchrun, kill -9, submitit)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }

@@ -161,6 +161,7 @@ def isda_worker(impl: str, device: str, steps: int) -> dict:
     N, C, A = 64, 1000, 2048
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the same classifier in both processes: the final losses must agree
     fc = nn.Linear(A, C).to(dev)
     feats = torch.randn(N, A, generator=gen).abs().to(dev).requires_grad_()
     ys = [torch.randint(0, C, (N,), generator=gen).to(dev) for _ in range(4)]
@@ -187,6 +188,9 @@ def bench_isda(args) -> dict:
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         r = rows[-1]
         print(f"{impl:8s} {r['ms']:8.1f} ms/step  peak {r['peak_mb']:8.0f} MB  loss {r['loss']:.6f}")
+    ours, authors = (r["loss"] for r in rows)
+    print(f"same loss after {args.steps + 2} steps: {abs(ours - authors) <= 1e-4 * abs(authors)} "
+          f"(relative difference {abs(ours - authors) / abs(authors):.1e})")
     return {"machine": machine(), "device": args.device, "N": 64, "C": 1000, "A": 2048, "rows": rows}
 
 
