@@ -64,6 +64,7 @@ def catch_signals():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _state["signum"] = None  # handled (Preempted carries it): no stop pending after the run
 
 
 def redeliver(signum: int) -> None:
