@@ -26,7 +26,7 @@ test:  ## every test not marked slow (CPU; see README for the measured time)
 
 test-slow:  ## the slow end-to-end tests (real data, torchrun, kill -9, submitit)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m slow $(XDIST) || [ $$? -eq 5 ]
 
 test-all: test test-slow  ## the whole suite: make test, then make test-slow
 

@@ -13,13 +13,23 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def cifar_npz(tmp_path_factory, name: str) -> Path:
-    """The real data set unpacked once per test session from ../shared/data."""
+    """The real data set unpacked once per test session from ../shared/data (once for all
+    pytest-xdist workers: they share the session's temporary root, under a lock)."""
+    import fcntl
+
     script = SHARED_DATA / "unpack_cifar.py"
     if not (SHARED_DATA / f"{name}.pack.npz").is_file():
         pytest.skip(f"real {name} not available (no ../shared/data)")
-    out = tmp_path_factory.getbasetemp() / f"{name}.npz"
-    if not out.exists():
-        subprocess.run([sys.executable, str(script), name, str(out)], check=True)
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's root, above each worker's own folder
+    out = root / f"{name}.npz"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not out.exists():
+            part = root / f"{name}.part.npz"
+            subprocess.run([sys.executable, str(script), name, str(part)], check=True)
+            part.rename(out)
     return out
 
 
