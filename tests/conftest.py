@@ -38,6 +38,15 @@ def cifar10_npz(tmp_path_factory) -> Path:
     return cifar_npz(tmp_path_factory, "cifar10")
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback now (for a process group's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_cli(*overrides: str, cwd: Path, timeout: float = 600, check: bool = True,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m isda_exp OVERRIDES...` in a subprocess, as a user would run it."""

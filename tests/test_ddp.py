@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
-from isda_exp import distributed
+from conftest import free_port
+from isda_exp import distributed, launch
 from isda_exp.cli import config_dir
 from isda_exp.sync_batchnorm import CPUSyncBatchNorm2d
 
@@ -28,12 +28,6 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 TINY = ["dataset=synthetic", "dataset.train_size=256", "dataset.test_size=128",
         "trainer.batch_size=64", "trainer.progress=false", "+model.net.base_width=4"]
 AUGS = ("baseline", "cutout", "autoaugment")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def trainer_for(aug: str, run_dir: Path):
@@ -196,20 +190,20 @@ def test_shards_and_the_split_check():
 
 
 def test_environment_from_torchrun_and_slurm():
-    assert distributed.environment({}) is None
-    assert distributed.environment({"WORLD_SIZE": "1", "RANK": "0"}) is None
-    env = distributed.environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1",
+    assert launch.environment({}) is None
+    assert launch.environment({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    env = launch.environment({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1",
                                    "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
     assert env == {"rank": 3, "world": 4, "local_rank": 1, "master_addr": "n1", "master_port": 1234}
     # sbatch's batch script alone (no srun step) is one process
-    assert distributed.environment({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}) is None
-    env = distributed.environment({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5",
+    assert launch.environment({"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}) is None
+    env = launch.environment({"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5",
                                    "SLURM_LOCALID": "1", "SLURM_JOB_ID": "123456",
                                    "SLURM_STEP_NODELIST": "gpu[007-010],big1"})
     assert env == {"rank": 5, "world": 8, "local_rank": 1, "master_addr": "gpu007",
                    "master_port": 15000 + 123456 % 20000}
-    assert distributed.first_host("node1,node2") == "node1"
-    assert distributed.first_host("a-b[3,5-6]") == "a-b3"
+    assert launch.first_host("node1,node2") == "node1"
+    assert launch.first_host("a-b[3,5-6]") == "a-b3"
 
 
 def test_one_process_is_untouched(tmp_path):

@@ -19,7 +19,7 @@ import torchvision.transforms.v2 as T2
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, free_port, run_cli
 from isda_exp import preempt
 from isda_exp.augment import build_augment
 from isda_exp.cli import config_dir, run
@@ -379,14 +379,9 @@ def folder_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_on_a_folder_equal_one_process(folder, tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(folder_rank, args=(2, port, str(folder), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(folder_rank, args=(2, free_port(), str(folder), str(tmp_path)), nprocs=2, join=True)
     parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     one = record_folder(str(folder), tmp_path / "one")
     assert len(one["x"]) == 8
@@ -448,14 +443,6 @@ def test_torchrun_two_ranks_on_a_folder_give_the_one_process_run(folder_cli_run,
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=2e-3)
         for key in ("train_error", "test_error", "test_error_top5"):
             assert abs(a[key] - b[key]) <= 100 / 40 + 1e-9, key
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -103,11 +103,12 @@ def failed(e: Exception, run_dir: Path, sweep_dir: Path | None) -> None:
     """A run that stopped on an error. Bad input: one line, exit 2. A bug: failed.json and the
     traceback. In a sweep: failed.json (unless the command was refused), one line, and the next
     job goes on; the sweep lists its failed runs at the end (runlock.SweepReport) and exits 1."""
-    distributed = sys.modules.get("isda_exp.distributed")  # None: no rank was ever joined
+    distributed = _distributed()
     user = isinstance(e, UserError)
     text = str(e) if user else f"{type(e).__name__}: {e}"
     info = {"error": text} if user else {"error": text, "traceback": traceback.format_exc()}
-    if distributed is not None and distributed.world() > 1 and not user:  # the first rank to fail tells why; the others follow
+    # under several ranks the first to fail tells why; the others follow
+    if distributed is not None and distributed.world() > 1 and not user:
         if not (run_dir / runfiles.FAILED).exists():
             _write_failed(run_dir, {**info, "rank": distributed.rank()})
         print(distributed.failure_message(e), file=sys.stderr, flush=True)
@@ -129,9 +130,15 @@ def failed(e: Exception, run_dir: Path, sweep_dir: Path | None) -> None:
     _leave(2)
 
 
+def _distributed():
+    """isda_exp.distributed if this process imported it, else None: a process that never got as
+    far as a run cannot have joined ranks (and need not import torch to say so)."""
+    return sys.modules.get("isda_exp.distributed")
+
+
 def _leave(code: int) -> None:
     """Exit with `code`; a rank of several leaves through isda_exp.distributed.leave."""
-    distributed = sys.modules.get("isda_exp.distributed")  # not imported: one plain process
+    distributed = _distributed()
     if distributed is None:
         sys.exit(code)
     distributed.leave(code)

@@ -24,7 +24,7 @@ from torch import nn
 
 from .device import resolve_device
 from .errors import UserError
-from .launch import environment, first_host  # noqa: F401  (re-exported: the launch is part of the ranks' story)
+from .launch import environment
 
 log = logging.getLogger("isda_exp")
 
