@@ -7,6 +7,7 @@ results are bit-for-bit reproducible across processes.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -501,6 +502,37 @@ def test_a_locked_run_names_its_holder(tmp_path):
     assert f"pid {os.getpid()}" in msg and f"host {holder['host']}" in msg and f"since {holder['since']}" in msg
     assert not (run_dir / "metrics.jsonl").exists()
     assert (run_dir / ".lock").read_text() == ""  # released
+
+
+HOLD_AND_FORK = """
+import multiprocessing as mp, sys, time
+from isda_exp.runlock import RunLock
+
+with RunLock(sys.argv[1]):
+    child = mp.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
+    child.start()  # as a DataLoader worker is started: a fork of the run's process
+    print(child.pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_run_killed_with_9_is_free_at_once_though_its_forked_workers_live_on(tmp_path):
+    """flock belongs to the open file, which a forked worker shares: unless the worker drops its
+    copy, the lock outlives the killed run until its workers notice (the resuming command was
+    refused, naming the dead pid)."""
+    run_dir = tmp_path / RUN
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_AND_FORK, str(run_dir)], stdout=subprocess.PIPE,
+                            text=True)
+    child = int(proc.stdout.readline())
+    try:
+        proc.kill()
+        proc.wait()
+        assert os.path.exists(f"/proc/{child}")  # the forked child still runs
+        with RunLock(run_dir):  # and does not hold the run
+            assert runlock.read_holder(run_dir / ".lock")["pid"] == os.getpid()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
 
 
 def test_the_same_command_started_twice_at_once_trains_each_epoch_once(tmp_path, straight_full):

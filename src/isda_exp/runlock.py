@@ -4,7 +4,9 @@ The lock is flock() on `<run dir>/.lock`: the OS releases it when the holder die
 node crash on NFS after the lease), so there are no stale locks to clean up. It works on local
 disks and on NFS (Linux emulates flock with NFS byte-range locks); Lustre needs the `flock`
 mount option, and where a file system refuses locks the run says so in one warning line and
-goes on unlocked. The holder writes its host, pid and start time into the file, so a second
+goes on unlocked. A forked child (a DataLoader worker) inherits the lock's file descriptor and
+with it the lock; each child closes its copy at once, so that the lock dies with the run's own
+process: a worker outliving a kill -9 by a few seconds does not refuse the resuming command. The holder writes its host, pid and start time into the file, so a second
 process can say who holds the run.
 
 A sweep job that finds its run locked (another sweep, another array job) does not fail the
@@ -32,6 +34,19 @@ LOCK = ".lock"
 SWEEP_ENV = "ISDA_EXP_SWEEP_ID"
 SWEEP_DIR = ".isda_sweeps"
 log = logging.getLogger("isda_exp")
+_HELD: dict[int, int] = {}  # fd -> pid of the process that took the lock
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child: close the copies of the parent's lock descriptors (flock locks belong
+    to the open file, which the child shares), so the parent's death alone frees its runs."""
+    for fd in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
 
 
 class RunLocked(UserError):
@@ -72,6 +87,7 @@ class RunLock:
                         "only one process trains this run")
             return self
         self.fd = fd
+        _HELD[fd] = os.getpid()
         info = {"host": socket.gethostname(), "pid": os.getpid(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         os.ftruncate(fd, 0)
@@ -81,7 +97,8 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is None:
+        if self.fd is None or _HELD.pop(self.fd, None) != os.getpid():
+            self.fd = None  # a forked child: its copy was closed at the fork
             return
         with contextlib.suppress(OSError):
             os.ftruncate(self.fd, 0)  # before unlocking: never wipe the next holder's record
