@@ -316,16 +316,17 @@ def test_a_stop_mid_epoch_then_resume_gives_the_uninterrupted_run(folder, tmp_pa
 
 @pytest.mark.slow
 def test_a_run_on_cifar10_jpegs_learns(cifar10_npz, tmp_path):
-    """Real JPEGs (CIFAR-10, upscaled to 48 px): well below chance (90%) after a few epochs."""
+    """Real JPEGs (CIFAR-10, upscaled to 48 px, trained on 24-px crops): well below chance (90%)
+    after a few epochs. 55 s on one quiet core (32-px crops took 87 s and ended at 69.2 / 15.8)."""
     root = tmp_path / "c10"
     _script().main([str(cifar10_npz), str(root), "--train-per-class", "200", "--val-per-class", "50",
                     "--size", "48"])
     run_dir = tmp_path / "run"
-    run(composed(root, "trainer.epochs=6", "trainer.batch_size=64", "dataset.train_crop=32",
-                 "dataset.eval_resize=36", "dataset.eval_crop=32", "dataset.scale=[0.35,1.0]",
+    run(composed(root, "trainer.epochs=6", "trainer.batch_size=64", "dataset.train_crop=24",
+                 "dataset.eval_resize=28", "dataset.eval_crop=24", "dataset.scale=[0.35,1.0]",
                  "isda=off", width=8), run_dir)
     final = rows(run_dir)[-1]
-    assert final["test_error"] < 78 and final["test_error_top5"] < 25  # chance: 90 and 50 (69.2, 15.8 here)
+    assert final["test_error"] < 78 and final["test_error_top5"] < 25  # chance: 90 and 50 (71.2, 14.8 here)
 
 
 # ------------------------------------------------------------------ two ranks (gloo) = one process
