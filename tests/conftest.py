@@ -67,6 +67,15 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config, items):
+    """A solo test (two busy processes or threads of its own) runs in `make test-slow`'s second
+    pass, one at a time; `make test` runs one pass side by side, so solo tests must be slow."""
+    stray = [item.nodeid for item in items
+             if item.get_closest_marker("solo") and not item.get_closest_marker("slow")]
+    if stray:
+        raise pytest.UsageError(f"marked solo but not slow (mark them slow too): {', '.join(stray)}")
+
+
 @pytest.fixture
 def cli_here(tmp_path, monkeypatch, capsys):
     """`python -m isda_exp ARGS` run in this process from tmp_path, as run_cli's result: the same

@@ -315,6 +315,7 @@ def test_bad_values(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.solo
 def test_resnet32_two_short_epochs_on_real_cifar10(tmp_path, cifar10_npz):
     """ResNet-32 (at half width: 8/16/32 channels, a quarter of the work) with ISDA learns real
     CIFAR-10: 2 epochs of 10,000 images (the scaled schedule drops the LR after the first),

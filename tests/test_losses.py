@@ -16,7 +16,6 @@ import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from scipy import stats
 
-from conftest import run_cli
 from isda_exp import losses, paper, runfiles
 from isda_exp.build import build_criterion, build_model
 from isda_exp.cli import config_dir, run
@@ -296,17 +295,19 @@ def test_science_config_names_the_loss_and_stays_as_before_for_plain_runs():
     assert science_config(composed("model=wrn28_10"))["model"]["net"]["drop_rate"] == 0.3
 
 
-def test_isda_with_another_loss_is_refused_in_one_line(tmp_path):
-    proc = run_cli(*TINY, "isda=on", "loss=focal", "trainer.epochs=1", "out_root=runs", cwd=tmp_path, check=False)
+def test_isda_with_another_loss_is_refused_in_one_line(tmp_path, cli_here):
+    # the CLI's entry in this process (a real launch's exit 2 and one line: test_cli's test_bad_values)
+    proc = cli_here(*TINY, "isda=on", "loss=focal", "trainer.epochs=1", "out_root=runs")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "loss=focal" in lines[0] and "isda=off" in lines[0]
     assert not list(tmp_path.rglob(runfiles.CHECKPOINT)) and not list(tmp_path.rglob(runfiles.SUMMARY))
 
 
-def test_cli_trains_every_loss_choice_and_names_it(tmp_path):
-    names = ",".join(LOSS_CHOICES)
-    run_cli("-m", *TINY, "trainer.epochs=2", "isda=off", f"loss={names}", "out_root=runs", cwd=tmp_path)
+def test_cli_trains_every_loss_choice_and_names_it(tmp_path, cli_here):
+    names = ",".join(LOSS_CHOICES)  # the CLI's entry and Hydra's sweep, in this process
+    proc = cli_here("-m", *TINY, "trainer.epochs=2", "isda=off", f"loss={names}", "out_root=runs")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     for loss, method in LOSS_CHOICES.items():
         run_dir = tmp_path / f"runs/synthetic/resnet32/baseline/{method}/seed0"
         summary = json.loads((run_dir / runfiles.SUMMARY).read_text())

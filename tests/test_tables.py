@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_cli
 from isda_exp import paper
 from isda_exp.data import Arrays, load_synthetic, take_subsets
 from isda_exp.errors import UserError
@@ -80,8 +79,9 @@ def test_bad_holdout_sizes_are_refused(imbalanced, n, words):
         take_subsets(imbalanced, None, None, seed=0, validation=n)
 
 
-def test_cli_run_on_the_holdout_reports_eval_split(tmp_path):
-    run_cli(*TINY, "trainer.epochs=1", "isda=off", "dataset.validation=50", "out_root=o", cwd=tmp_path)
+def test_cli_run_on_the_holdout_reports_eval_split(tmp_path, cli_here):
+    proc = cli_here(*TINY, "trainer.epochs=1", "isda=off", "dataset.validation=50", "out_root=o")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     run_dir = tmp_path / "o/synthetic/resnet32/baseline/baseline/seed0"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["eval_split"] == "holdout"
@@ -340,11 +340,12 @@ def tiny_npz(folder: Path, n_train: int = 400, n_test: int = 40) -> Path:
     return folder
 
 
-def test_table5_composes_and_runs_in_miniature(tmp_path):
+def test_table5_composes_and_runs_in_miniature(tmp_path, cli_here):
     """experiment=table5's sweep, two of its cells, on ResNet-32 and tiny data, then --table 5."""
-    run_cli("-m", "experiment=table5", "model=resnet32", "+model.net.base_width=4", "dataset=synthetic", "dataset.train_size=128",
+    ok = cli_here("-m", "experiment=table5", "model=resnet32", "+model.net.base_width=4", "dataset=synthetic", "dataset.train_size=128",
             "dataset.test_size=32", "trainer.batch_size=64", "trainer.epochs=1", "trainer.progress=false",
-            "trainer.tensorboard=false", "isda=off,diagonal", "seed=0", "out_root=t5", cwd=tmp_path)
+            "trainer.tensorboard=false", "isda=off,diagonal", "seed=0", "out_root=t5")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
     found = sorted(p.parent.relative_to(tmp_path / "t5").as_posix() for p in (tmp_path / "t5").rglob("summary.json"))
     assert found == ["synthetic/resnet32/baseline/baseline/seed0", "synthetic/resnet32/baseline/isda-diagonal/seed0"]
     proc = report_cli(tmp_path / "t5", "--table", "5")
@@ -455,11 +456,12 @@ def test_table3_plan_is_54_plus_42_distinct_runs(tmp_path):
     assert method(wrn, "wrn28_10") == sorted(["lsoftmax", "disturblabel", "focal", "center", "lq", "baseline", "isda"])
 
 
-def test_table3_composes_and_runs_in_miniature(tmp_path):
+def test_table3_composes_and_runs_in_miniature(tmp_path, cli_here):
     """experiment=table3's sweep for two rows (a loss; ISDA + Dropout) on ResNet-32 and tiny data."""
-    run_cli("-m", "experiment=table3", "model=resnet32", "+model.net.base_width=4", "dataset=synthetic", "dataset.train_size=128",
+    ok = cli_here("-m", "experiment=table3", "model=resnet32", "+model.net.base_width=4", "dataset=synthetic", "dataset.train_size=128",
             "dataset.test_size=32", "trainer.batch_size=64", "trainer.epochs=1", "trainer.progress=false",
-            "trainer.tensorboard=false", "method=focal,isda_dropout", "seed=0", "out_root=t3", cwd=tmp_path)
+            "trainer.tensorboard=false", "method=focal,isda_dropout", "seed=0", "out_root=t3")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
     summaries = {p.parent.relative_to(tmp_path / "t3").as_posix(): json.loads(p.read_text())
                  for p in (tmp_path / "t3").rglob("summary.json")}
     assert sorted(summaries) == ["synthetic/resnet32/baseline/focal/seed0",
