@@ -22,22 +22,16 @@ install:  ## create .venv and install the package (editable) with the tested pin
 # Then the tests marked solo (2 ranks, 2 jobs or 2 threads of their own), one at a time: beside
 # another test they oversubscribe 2 cores, and gloo and OpenMP wait by spinning (measured: the
 # real-CIFAR, torchrun and JPEG tests together took 311 s side by side, 289 s one after another).
-# The slow first pass is a few long tests (the real-CIFAR one takes 3 min on one thread): its
-# workers take single tests and steal queued ones (worksteal), so that neither waits idle while
-# the other still holds a file's queue (measured with whole files per worker: 375 s, one idle
-# for about 100 s).
 XDIST ?= -n auto --dist loadfile
-XDIST_SLOW ?= -n auto --dist worksteal
-PYTEST_ARGS ?=
 define two_passes  # $(1): the marker expression of the tests to run
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-	$(PY) -m pytest -q -m "($(1)) and not solo" $(XDIST_SLOW) $(PYTEST_ARGS) || [ $$? -eq 5 ]
-	$(PY) -m pytest -q -m "($(1)) and solo" -p no:xdist $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m "($(1)) and not solo" $(XDIST) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m "($(1)) and solo" -p no:xdist || [ $$? -eq 5 ]
 endef
 
 test:  ## every test not marked slow (CPU; see README for the measured time); solo tests are all slow
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-	$(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m "not slow" $(XDIST) || [ $$? -eq 5 ]
 
 test-slow:  ## the slow end-to-end tests (real data, torchrun, kill -9, submitit)
 	$(call two_passes,slow)
