@@ -13,12 +13,9 @@ from ._registry import create_model, list_models
 
 
 def _with_classifier(name: str, num_classes: int) -> nn.Module:
-    """Feature extractor + the trainer's separate Linear head, as the paper counts them, on the
-    meta device: shapes without storage, so sizing DenseNet-BC-190 or ResNet-152 allocates and
-    computes nothing (a plan of a whole table, the zoo's printout)."""
-    with torch.device("meta"):
-        net = create_model(name)
-        return nn.Sequential(net, nn.Linear(net.feature_dim, num_classes))
+    """Feature extractor + the trainer's separate Linear head, as the paper counts them."""
+    net = create_model(name)
+    return nn.Sequential(net, nn.Linear(net.feature_dim, num_classes))
 
 
 @functools.lru_cache(maxsize=None)
@@ -38,7 +35,7 @@ def flops_per_image(name: str, num_classes: int = 10) -> int:
     model = _with_classifier(name, num_classes).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         size = getattr(model[0], "input_size", 32)
-        model(torch.zeros(1, 3, size, size, device="meta"))
+        model(torch.zeros(1, 3, size, size))
     return int(counter.get_total_flops())
 
 
@@ -58,8 +55,8 @@ def zoo_table(num_classes: int = 10) -> str:
     """Plain-text table of every registered model's size and cost."""
     rows = [f"{'model':<20}{'params':>12}{'feat dim':>10}{'GFLOPs/img':>12}{'epochs':>8}{'train PFLOPs':>14}"]
     for name in list_models():
-        feature_dim = _with_classifier(name, num_classes)[0].feature_dim
-        rows.append(f"{name:<20}{count_params(name, num_classes) / 1e6:>11.3f}M{feature_dim:>10}"
+        net = create_model(name)
+        rows.append(f"{name:<20}{count_params(name, num_classes) / 1e6:>11.3f}M{net.feature_dim:>10}"
                     f"{flops_per_image(name, num_classes) / 1e9:>12.3f}{recipe_epochs(name):>8}"
                     f"{training_pflops(name, num_classes):>14.1f}")
     return "\n".join(rows)
