@@ -508,11 +508,21 @@ HOLD_AND_FORK = """
 import multiprocessing as mp, sys, time
 from isda_exp.runlock import RunLock
 
-with RunLock(sys.argv[1]):
-    child = mp.get_context("fork").Process(target=time.sleep, args=(60,), daemon=True)
-    child.start()  # as a DataLoader worker is started: a fork of the run's process
-    print(child.pid, flush=True)
+
+def worker(started):
+    started.set()  # the fork's hooks have run by now
     time.sleep(60)
+
+
+if __name__ == "__main__":
+    fork = mp.get_context("fork")
+    with RunLock(sys.argv[1]):
+        started = fork.Event()
+        child = fork.Process(target=worker, args=(started,), daemon=True)
+        child.start()  # as a DataLoader worker is started: a fork of the run's process
+        assert started.wait(60)
+        print(child.pid, flush=True)
+        time.sleep(60)
 """
 
 
