@@ -23,18 +23,14 @@ install:  ## create .venv and install the package (editable) with the tested pin
 # another test they oversubscribe 2 cores, and gloo and OpenMP wait by spinning (measured: the
 # real-CIFAR, torchrun and JPEG tests together took 311 s side by side, 289 s one after another).
 XDIST ?= -n auto --dist loadfile
-define two_passes  # $(1): the marker expression of the tests to run
-	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-	$(PY) -m pytest -q -m "($(1)) and not solo" $(XDIST) || [ $$? -eq 5 ]
-	$(PY) -m pytest -q -m "($(1)) and solo" -p no:xdist || [ $$? -eq 5 ]
-endef
-
 test:  ## every test not marked slow (CPU; see README for the measured time); solo tests are all slow
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	$(PY) -m pytest -q -m "not slow" $(XDIST) || [ $$? -eq 5 ]
 
 test-slow:  ## the slow end-to-end tests (real data, torchrun, kill -9, submitit)
-	$(call two_passes,slow)
+	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
+	$(PY) -m pytest -q -m "slow and not solo" $(XDIST) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m "slow and solo" -p no:xdist || [ $$? -eq 5 ]
 
 test-all: test test-slow  ## the whole suite: make test, then make test-slow
 

@@ -58,6 +58,17 @@ def run_cli(*overrides: str, cwd: Path, timeout: float = 600, check: bool = True
     return proc
 
 
+def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Poll until predicate() holds while `proc` still runs (it must not end first)."""
+    import time
+
+    deadline = time.time() + timeout
+    while not predicate():
+        assert proc.poll() is None, f"ended early ({proc.returncode}): {proc.communicate()}"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 def pytest_configure(config):
     """Under pytest-xdist (`make test` runs 2 workers on 2 cores) each worker computes on one
     thread, as the CLI runs the tests start do (OMP_NUM_THREADS=1): no oversubscribed cores."""
@@ -81,7 +92,8 @@ def cli_here(tmp_path, monkeypatch, capsys):
     """`python -m isda_exp ARGS` run in this process from tmp_path, as run_cli's result: the same
     entry (cli.main: the command's checks, then Hydra), without starting an interpreter (torch
     alone takes seconds to import). For what is not about the process boundary; the root logger
-    gets its handlers back afterwards (Hydra's job logging replaces them)."""
+    gets its handlers back afterwards (Hydra's job logging replaces them). As run_cli, a non-zero
+    exit fails the test unless check=False."""
     import logging
 
     from isda_exp.cli import main
@@ -89,7 +101,7 @@ def cli_here(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     root = logging.getLogger()
 
-    def call(*args: str) -> subprocess.CompletedProcess:
+    def call(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         handlers, level = root.handlers[:], root.level
         monkeypatch.setattr(sys, "argv", ["isda_exp", *args])
         capsys.readouterr()
@@ -105,5 +117,7 @@ def cli_here(tmp_path, monkeypatch, capsys):
             root.handlers[:] = handlers
             root.setLevel(level)
         out, err = capsys.readouterr()
+        if check and code != 0:
+            raise AssertionError(f"isda_exp failed ({code}):\n{out}\n{err}")
         return subprocess.CompletedProcess(list(args), code, out, err)
     return call

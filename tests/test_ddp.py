@@ -18,7 +18,7 @@ import torch
 import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
-from conftest import free_port
+from conftest import free_port, wait_for
 from isda_exp import distributed, launch
 from isda_exp.cli import config_dir
 from isda_exp.sync_batchnorm import CPUSyncBatchNorm2d
@@ -313,10 +313,7 @@ def test_torchrun_writes_once_resumes_after_kill_9_or_sigterm_and_finishes_on_ev
     # b: kill -9 of one rank after the first epoch's checkpoint
     proc = torchrun(*longer, cwd=tmp_path / "b")
     ckpt = tmp_path / "b" / run / "last.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert ckpt.exists() and proc.poll() is None, "no checkpoint before the run ended"
+    wait_for(ckpt.exists, proc, timeout=240)
     os.kill(workers_of(proc)[-1], signal.SIGKILL)
     rc, log = finish(proc)
     assert rc != 0, log
@@ -334,10 +331,7 @@ def test_torchrun_writes_once_resumes_after_kill_9_or_sigterm_and_finishes_on_ev
     args = [*longer, "trainer.checkpoint_minutes=1e-9"]  # a mid-epoch checkpoint at every vote
     proc = torchrun(*args, cwd=tmp_path / "c")
     ckpt = tmp_path / "c" / run / "last.pt"
-    deadline = time.time() + 240
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    assert ckpt.exists() and proc.poll() is None, "no checkpoint before the run ended"
+    wait_for(ckpt.exists, proc, timeout=240)
     os.kill(workers_of(proc)[-1], signal.SIGTERM)  # one rank only
     rc, log = finish(proc)
     assert rc != 0, log  # the ranks end by the signal, so the launcher (and Slurm) can requeue

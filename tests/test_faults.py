@@ -24,7 +24,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from conftest import run_cli
+from conftest import run_cli, wait_for
 from isda_exp import preempt, report, runfiles, runlock
 from isda_exp.cli import config_dir, run
 from isda_exp.augment import build_augment
@@ -267,14 +267,6 @@ def start(cwd: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "isda_exp", *flags, *TINY, *overrides], cwd=cwd, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        assert proc.poll() is None, f"ended early ({proc.returncode}): {proc.communicate()}"
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, caplog, straight_full):

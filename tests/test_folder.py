@@ -19,7 +19,7 @@ import torchvision.transforms.v2 as T2
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import ROOT, free_port, run_cli
+from conftest import ROOT, free_port, run_cli, wait_for
 from isda_exp import preempt
 from isda_exp.augment import build_augment
 from isda_exp.cli import config_dir, run
@@ -455,7 +455,6 @@ def test_kill_9_mid_epoch_then_the_same_command_gives_the_uninterrupted_run(fold
     step), then the same command: the metrics of the run that was never interrupted."""
     import subprocess
     import sys
-    import time
 
     overrides, expected = folder_cli_run
     run_dir = FOLDER_RUN
@@ -464,10 +463,7 @@ def test_kill_9_mid_epoch_then_the_same_command_gives_the_uninterrupted_run(fold
     proc = subprocess.Popen([sys.executable, "-m", "isda_exp", *overrides, "trainer.checkpoint_minutes=1e-9"],
                             cwd=tmp_path / "b", env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "b" / run_dir / "last.pt"
-    deadline = time.time() + 300
-    while not (ckpt.exists() and (tmp_path / "b" / run_dir / "last.prev.pt").exists()):
-        assert proc.poll() is None and time.time() < deadline, "no mid-epoch checkpoint"
-        time.sleep(0.05)
+    wait_for(lambda: ckpt.exists() and (tmp_path / "b" / run_dir / "last.prev.pt").exists(), proc)
     proc.kill()
     proc.wait()
     assert not (tmp_path / "b" / run_dir / "summary.json").exists()

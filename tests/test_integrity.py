@@ -129,10 +129,10 @@ def test_3_a_refused_rerun_changes_no_file_of_the_run(tmp_path, cli_here):
     run_dir = tmp_path / "runs" / RUN
     assert "precision: fp32" in (run_dir / ".hydra" / "config.yaml").read_text()
     before = files(run_dir)
-    proc = cli_here(*TINY, *QUICK, "out_root=runs", "trainer.precision=bf16")
+    proc = cli_here(*TINY, *QUICK, "out_root=runs", "trainer.precision=bf16", check=False)
     assert proc.returncode == 2 and "another configuration" in one_line(proc)
     assert files(run_dir) == before
-    proc = cli_here("-m", *TINY, *QUICK, "out_root=runs", "trainer.precision=bf16")
+    proc = cli_here("-m", *TINY, *QUICK, "out_root=runs", "trainer.precision=bf16", check=False)
     assert proc.returncode == 1 and "another configuration" in proc.stderr
     assert files(run_dir) == before and "Traceback" not in proc.stdout + proc.stderr
 
@@ -172,7 +172,7 @@ def test_5_a_truncated_summary_is_one_line_and_the_run_gets_no_failed_json(tmp_p
 def test_6_an_output_directory_that_cannot_be_written_is_one_line_exit_2(tmp_path, cli_here):
     (tmp_path / "afile").write_text("not a folder")
     for sweep in ((), ("-m",)):  # a real process, then the same entry in-process
-        proc = cli_here(*sweep, *TINY, "out_root=afile/runs") if sweep else \
+        proc = cli_here(*sweep, *TINY, "out_root=afile/runs", check=False) if sweep else \
             run_cli(*sweep, *TINY, "out_root=afile/runs", cwd=tmp_path, check=False)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert "afile/runs" in one_line(proc) and "out_root=DIR" in proc.stderr

@@ -297,7 +297,7 @@ def test_science_config_names_the_loss_and_stays_as_before_for_plain_runs():
 
 def test_isda_with_another_loss_is_refused_in_one_line(tmp_path, cli_here):
     # the CLI's entry in this process (a real launch's exit 2 and one line: test_cli's test_bad_values)
-    proc = cli_here(*TINY, "isda=on", "loss=focal", "trainer.epochs=1", "out_root=runs")
+    proc = cli_here(*TINY, "isda=on", "loss=focal", "trainer.epochs=1", "out_root=runs", check=False)
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "loss=focal" in lines[0] and "isda=off" in lines[0]
@@ -306,8 +306,7 @@ def test_isda_with_another_loss_is_refused_in_one_line(tmp_path, cli_here):
 
 def test_cli_trains_every_loss_choice_and_names_it(tmp_path, cli_here):
     names = ",".join(LOSS_CHOICES)  # the CLI's entry and Hydra's sweep, in this process
-    proc = cli_here("-m", *TINY, "trainer.epochs=2", "isda=off", f"loss={names}", "out_root=runs")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cli_here("-m", *TINY, "trainer.epochs=2", "isda=off", f"loss={names}", "out_root=runs")
     for loss, method in LOSS_CHOICES.items():
         run_dir = tmp_path / f"runs/synthetic/resnet32/baseline/{method}/seed0"
         summary = json.loads((run_dir / runfiles.SUMMARY).read_text())

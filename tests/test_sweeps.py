@@ -90,7 +90,7 @@ def test_one_failed_run_does_not_stop_the_others(tmp_path, monkeypatch, capsys, 
     # cifar100.npz is missing: that job fails, the cifar10 job must still run and finish
     proc = cli_here("-m", "dataset=cifar100,cifar10", "dataset.npz=${dataset.name}.npz", "trainer.epochs=1",
                     "trainer.batch_size=16", "trainer.progress=false", "trainer.tensorboard=false",
-                    "trainer.threads=1", "+model.net.base_width=4", "out_root=sweep")
+                    "trainer.threads=1", "+model.net.base_width=4", "out_root=sweep", check=False)
     assert proc.returncode != 0  # the sweep reports the failure at the end
     done = summaries(tmp_path / "sweep")
     assert list(done) == ["cifar10/resnet32/baseline/isda/seed0"]

@@ -6,8 +6,9 @@ disks and on NFS (Linux emulates flock with NFS byte-range locks); Lustre needs 
 mount option, and where a file system refuses locks the run says so in one warning line and
 goes on unlocked. A forked child (a DataLoader worker) inherits the lock's file descriptor and
 with it the lock; each child closes its copy at once, so that the lock dies with the run's own
-process: a worker outliving a kill -9 by a few seconds does not refuse the resuming command. The holder writes its host, pid and start time into the file, so a second
-process can say who holds the run.
+process: a worker outliving a kill -9 by a few seconds does not refuse the resuming command.
+The holder writes its host, pid and start time into the file, so a second process can say who
+holds the run.
 
 A sweep job that finds its run locked (another sweep, another array job) does not fail the
 sweep: it is recorded, and `SweepReport` (a Hydra callback) lists such runs at the end.
@@ -34,13 +35,13 @@ LOCK = ".lock"
 SWEEP_ENV = "ISDA_EXP_SWEEP_ID"
 SWEEP_DIR = ".isda_sweeps"
 log = logging.getLogger("isda_exp")
-_HELD: dict[int, int] = {}  # fd -> pid of the process that took the lock
+_HELD: set[int] = set()  # the lock descriptors this process took (a fork's child: none)
 
 
 def _drop_inherited_locks() -> None:
     """In a forked child: close the copies of the parent's lock descriptors (flock locks belong
     to the open file, which the child shares), so the parent's death alone frees its runs."""
-    for fd in list(_HELD):
+    for fd in _HELD:
         with contextlib.suppress(OSError):
             os.close(fd)
     _HELD.clear()
@@ -87,7 +88,7 @@ class RunLock:
                         "only one process trains this run")
             return self
         self.fd = fd
-        _HELD[fd] = os.getpid()
+        _HELD.add(fd)
         info = {"host": socket.gethostname(), "pid": os.getpid(),
                 "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         os.ftruncate(fd, 0)
@@ -97,9 +98,10 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.fd is None or _HELD.pop(self.fd, None) != os.getpid():
-            self.fd = None  # a forked child: its copy was closed at the fork
+        if self.fd not in _HELD:  # None, or a forked child's copy, closed at the fork
+            self.fd = None
             return
+        _HELD.discard(self.fd)
         with contextlib.suppress(OSError):
             os.ftruncate(self.fd, 0)  # before unlocking: never wipe the next holder's record
         os.close(self.fd)  # releases the lock
