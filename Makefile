@@ -15,24 +15,30 @@ install:  ## create .venv and install the package (editable) with the tested pin
 	$(PY) -c "import torch, torchvision, hydra, isda_exp; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| hydra', hydra.__version__)"
 
 # `make test` runs every test not marked slow; `make test-slow` the slow ones (real data, torchrun,
-# kill -9 at random moments, submitit, joblib, the wheel): CI runs both. pytest exits 5 when a
-# marker selects no test (e.g. a checkout without any slow test): that is not a failure here.
-# `make test-slow` runs in two passes. First the tests that compute on one core, spread over one
-# pytest-xdist worker per core (-n auto; whole files, so a module's shared fixture is built once).
-# Then the tests marked solo (2 ranks, 2 jobs or 2 threads of their own), one at a time: beside
-# another test they oversubscribe 2 cores, and gloo and OpenMP wait by spinning (measured: the
-# real-CIFAR, torchrun and JPEG tests together took 311 s side by side, 289 s one after another).
+# kill -9 at random moments, submitit, joblib, the wheel); `make test-all` the whole suite. CI runs
+# `make test`, then `make test-slow`. pytest exits 5 when a marker selects no test (e.g. a checkout
+# without any slow test): that is not a failure here.
+# Tests run side by side, one pytest-xdist worker per core (-n auto; whole files, so a module's
+# shared fixture is built once; conftest puts the files holding slow tests first, so the short
+# tests fill the workers' ends). Only the tests marked solo (2 OpenMP threads of their own, which
+# wait by spinning: beside another test they would oversubscribe 2 cores) run afterwards, one at
+# a time. Tests that start 2 ranks or 2 jobs of one thread each run side by side with the others
+# (README: the measured times).
 XDIST ?= -n auto --dist loadfile
+TESTS_READY = @test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 test:  ## every test not marked slow (CPU; see README for the measured time); solo tests are all slow
-	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
+	$(TESTS_READY)
 	$(PY) -m pytest -q -m "not slow" $(XDIST) || [ $$? -eq 5 ]
 
 test-slow:  ## the slow end-to-end tests (real data, torchrun, kill -9, submitit)
-	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
+	$(TESTS_READY)
 	$(PY) -m pytest -q -m "slow and not solo" $(XDIST) || [ $$? -eq 5 ]
-	$(PY) -m pytest -q -m "slow and solo" -p no:xdist || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m "solo" -p no:xdist || [ $$? -eq 5 ]
 
-test-all: test test-slow  ## the whole suite: make test, then make test-slow
+test-all:  ## the whole suite in one schedule: every test side by side, then the solo ones
+	$(TESTS_READY)
+	$(PY) -m pytest -q -m "not solo" $(XDIST) || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m "solo" -p no:xdist || [ $$? -eq 5 ]
 
 test-fast: test  ## the former name of `make test`
 

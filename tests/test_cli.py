@@ -30,7 +30,9 @@ CONFIGS = Path(config_dir())
 TINY = ["dataset=synthetic", "dataset.train_size=256", "dataset.test_size=128",
         "trainer.progress=false", "trainer.tensorboard=true", "trainer.batch_size=64",
         "+model.net.base_width=4"]
-FULL_WIDTH = TINY[:-1]  # where a run must last long enough to be killed
+# at half width (8/16/32 channels) where a run must last long enough to be killed: an epoch of 512
+# images takes about 2 s on a quiet core
+HALF_WIDTH = [*TINY[:-1], "+model.net.base_width=8"]
 METRIC_KEYS = {"epoch", "train_loss", "train_error", "test_loss", "test_error", "lr", "lambda", "seconds"}
 SUMMARY_KEYS = {"test_error_last10", "test_error_final", "test_error_best", "epochs", "seed", "dataset",
                 "model", "aug", "method", "wall_time", "torch_version", "device"}
@@ -227,7 +229,7 @@ def test_finished_run_is_not_trained_again_and_other_config_is_refused(tmp_path)
 
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_uninterrupted_numbers(tmp_path):
-    args = [*FULL_WIDTH, "trainer.epochs=3", "dataset.train_size=512", "isda=on", "seed=1"]
+    args = [*HALF_WIDTH, "trainer.epochs=3", "dataset.train_size=512", "isda=on", "seed=1"]
     # the reference trains here, on 1 thread as the CLI's processes do (OMP_NUM_THREADS=1): same numbers
     run_here(tmp_path / "straight", *args, "trainer.threads=1")
     straight = read_metrics(tmp_path / "straight/synthetic/resnet32/baseline/isda/seed1")
@@ -326,7 +328,7 @@ def test_resnet32_two_short_epochs_on_real_cifar10(tmp_path, cifar10_npz):
     (the 2-core AVX2 host of this project)."""
     proc = run_cli("model=resnet32", "+model.net.base_width=8", "dataset=cifar10", f"dataset.npz={cifar10_npz}",
                    "isda=on", "trainer.epochs=2", "dataset.train_subset=10000", "trainer.progress=false",
-                   "out_root=runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "2"})
+                   "trainer.eval_batch_size=128", "out_root=runs", cwd=tmp_path, env={"OMP_NUM_THREADS": "2"})
     run = tmp_path / "runs/cifar10/resnet32/baseline/isda/seed0"
     summary = json.loads((run / "summary.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

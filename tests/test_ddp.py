@@ -100,7 +100,6 @@ def equal_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_two_ranks_with_sync_bn_equal_one_process_on_the_global_batch(tmp_path):
     mp.spawn(equal_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
@@ -242,7 +241,6 @@ def failing_worker(rank: int, world: int, port: int, out: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_one_rank_raising_brings_the_other_down_quickly_with_a_clear_error(tmp_path):
     ctx = mp.spawn(failing_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False)
     for p in ctx.processes:
@@ -290,7 +288,6 @@ def workers_of(proc: subprocess.Popen) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_torchrun_writes_once_resumes_after_kill_9_or_sigterm_and_finishes_on_every_rank(tmp_path):
     """One uninterrupted 2-rank run (a) is the reference of both interruptions:
     - kill -9 of one rank (b): the launch fails, and the same command resumes from the last
@@ -374,7 +371,6 @@ if os.environ.get("RANK") == "1":  # torchrun's rank 1 only: its third training 
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_torchrun_one_rank_failing_ends_the_run_quickly_with_its_error(tmp_path):
     """A rank that raises ends at once (no orderly teardown that could wait on its peer), so the
     other rank stops at its next collective: the launch ends in seconds, not at the timeout."""
@@ -396,7 +392,6 @@ def test_torchrun_one_rank_failing_ends_the_run_quickly_with_its_error(tmp_path)
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_torchrun_with_a_batch_that_does_not_split_says_so(tmp_path):
     rc, log = finish(torchrun("trainer.batch_size=63", cwd=tmp_path), timeout=180)
     assert rc != 0

@@ -550,7 +550,6 @@ def test_the_same_command_started_twice_at_once_trains_each_epoch_once(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_two_sweeps_on_one_out_root_share_the_runs(tmp_path):
     sweep = ["-m", "seed=1,2", "out_root=runs"]
     a, b = start(tmp_path, *sweep), start(tmp_path, *sweep)

@@ -379,7 +379,6 @@ def folder_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_two_ranks_on_a_folder_equal_one_process(folder, tmp_path):
     import torch.multiprocessing as mp
 
@@ -417,7 +416,6 @@ def folder_cli_run(folder, tmp_path_factory) -> tuple[list[str], list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_torchrun_two_ranks_on_a_folder_give_the_one_process_run(folder_cli_run, tmp_path):
     """The same command under torchrun (2 CPU ranks over gloo, BatchNorm over the global batch):
     each rank decodes its half of every global batch, and the epochs' numbers are the one-process
@@ -449,7 +447,6 @@ def test_torchrun_two_ranks_on_a_folder_give_the_one_process_run(folder_cli_run,
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_kill_9_mid_epoch_then_the_same_command_gives_the_uninterrupted_run(folder_cli_run, tmp_path):
     """A real process on the folder, killed with SIGKILL after a mid-epoch checkpoint (one every
     step), then the same command: the metrics of the run that was never interrupted."""

@@ -103,7 +103,6 @@ def test_one_failed_run_does_not_stop_the_others(tmp_path, monkeypatch, capsys, 
 
 
 @pytest.mark.slow
-@pytest.mark.solo
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
     proc = run_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "trainer.epochs=1",
                    "seed=0,1", "out_root=par", cwd=tmp_path)

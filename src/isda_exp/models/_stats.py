@@ -19,12 +19,23 @@ def _with_classifier(name: str, num_classes: int) -> nn.Module:
 
 
 @functools.lru_cache(maxsize=None)
+def _sizes(name: str, num_classes: int) -> tuple[int, int, int]:
+    """(parameters, forward FLOPs, feature_dim) from one build of the model: building is what
+    costs (weight init of up to 60M parameters); the FLOP pass then runs on the meta device, where
+    no arithmetic is done (the count depends on shapes only)."""
+    model = _with_classifier(name, num_classes).eval()
+    params = sum(p.numel() for p in model.parameters())
+    size = getattr(model[0], "input_size", 32)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.to("meta")(torch.zeros(1, 3, size, size, device="meta"))
+    return params, int(counter.get_total_flops()), model[0].feature_dim
+
+
 def count_params(name: str, num_classes: int = 10) -> int:
     """Trainable parameters including the classifier (feature_dim * C + C), as in the paper's Table 1."""
-    return sum(p.numel() for p in _with_classifier(name, num_classes).parameters())
+    return _sizes(name, num_classes)[0]
 
 
-@functools.lru_cache(maxsize=None)
 def flops_per_image(name: str, num_classes: int = 10) -> int:
     """Forward FLOPs of one image in eval mode, classifier included: 3x32x32, or the model's
     `input_size` (the torchvision ImageNet models: 224).
@@ -32,11 +43,7 @@ def flops_per_image(name: str, num_classes: int = 10) -> int:
     FlopCounterMode counts convolutions and matmuls (a multiply-add is 2 FLOPs); BN, ReLU and
     pooling are left out, as in the usual FLOP figures of these papers.
     """
-    model = _with_classifier(name, num_classes).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        size = getattr(model[0], "input_size", 32)
-        model(torch.zeros(1, 3, size, size))
-    return int(counter.get_total_flops())
+    return _sizes(name, num_classes)[1]
 
 
 def recipe_epochs(name: str) -> int:
@@ -55,8 +62,8 @@ def zoo_table(num_classes: int = 10) -> str:
     """Plain-text table of every registered model's size and cost."""
     rows = [f"{'model':<20}{'params':>12}{'feat dim':>10}{'GFLOPs/img':>12}{'epochs':>8}{'train PFLOPs':>14}"]
     for name in list_models():
-        net = create_model(name)
-        rows.append(f"{name:<20}{count_params(name, num_classes) / 1e6:>11.3f}M{net.feature_dim:>10}"
+        rows.append(f"{name:<20}{count_params(name, num_classes) / 1e6:>11.3f}M"
+                    f"{_sizes(name, num_classes)[2]:>10}"
                     f"{flops_per_image(name, num_classes) / 1e9:>12.3f}{recipe_epochs(name):>8}"
                     f"{training_pflops(name, num_classes):>14.1f}")
     return "\n".join(rows)
