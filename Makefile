@@ -20,25 +20,22 @@ install:  ## create .venv and install the package (editable) with the tested pin
 # without any slow test): that is not a failure here.
 # Tests run side by side, one pytest-xdist worker per core (-n auto; whole files, so a module's
 # shared fixture is built once; conftest puts the files holding slow tests first, so the short
-# tests fill the workers' ends). Only the tests marked solo (2 OpenMP threads of their own, which
-# wait by spinning: beside another test they would oversubscribe 2 cores) run afterwards, one at
-# a time. Tests that start 2 ranks or 2 jobs of one thread each run side by side with the others
-# (README: the measured times).
+# tests fill the workers' ends). Every process a test starts computes on one thread
+# (OMP_NUM_THREADS=1), so no thread spin-waits for a busy core; tests of 2 ranks fork them from
+# the pytest worker (no second import of torch).
 XDIST ?= -n auto --dist loadfile
 TESTS_READY = @test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-test:  ## every test not marked slow (CPU; see README for the measured time); solo tests are all slow
+test:  ## every test not marked slow (CPU; see README for the measured time)
 	$(TESTS_READY)
 	$(PY) -m pytest -q -m "not slow" $(XDIST) || [ $$? -eq 5 ]
 
 test-slow:  ## the slow end-to-end tests (real data, torchrun, kill -9, submitit)
 	$(TESTS_READY)
-	$(PY) -m pytest -q -m "slow and not solo" $(XDIST) || [ $$? -eq 5 ]
-	$(PY) -m pytest -q -m "solo" -p no:xdist || [ $$? -eq 5 ]
+	$(PY) -m pytest -q -m slow $(XDIST) || [ $$? -eq 5 ]
 
-test-all:  ## the whole suite in one schedule: every test side by side, then the solo ones
+test-all:  ## the whole suite in one schedule (faster than make test, then make test-slow)
 	$(TESTS_READY)
-	$(PY) -m pytest -q -m "not solo" $(XDIST) || [ $$? -eq 5 ]
-	$(PY) -m pytest -q -m "solo" -p no:xdist || [ $$? -eq 5 ]
+	$(PY) -m pytest -q $(XDIST)
 
 test-fast: test  ## the former name of `make test`
 

@@ -48,6 +48,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_ranks(fn, args: tuple, nprocs: int = 2, join: bool = True):
+    """torch.multiprocessing.spawn (fn(rank, *args); a rank's error is raised here), but the ranks
+    are forked: each starts from this process's imports instead of importing torch, Hydra and the
+    test module again (about 5 s of CPU a rank). Safe for these tests: every rank sets one torch
+    thread first (as DataLoader's forked workers do) and the parent holds no process group."""
+    import torch.multiprocessing as mp
+
+    return mp.start_processes(fn, args=args, nprocs=nprocs, join=join, start_method="fork")
+
+
 def run_cli(*overrides: str, cwd: Path, timeout: float = 600, check: bool = True,
             env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m isda_exp OVERRIDES...` in a subprocess, as a user would run it."""
@@ -80,14 +90,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """A solo test (OpenMP threads of its own) runs in a pass of its own, one at a time; `make test`
-    runs one pass side by side, so solo tests must be slow. The slow tests go first (a stable sort:
-    each file's tests stay in order), so pytest-xdist hands out the files that hold the long tests
-    first and the many short ones fill the workers' ends, instead of a long test starting last."""
-    stray = [item.nodeid for item in items
-             if item.get_closest_marker("solo") and not item.get_closest_marker("slow")]
-    if stray:
-        raise pytest.UsageError(f"marked solo but not slow (mark them slow too): {', '.join(stray)}")
+    """The slow tests first (a stable sort: each file's tests stay in order), so pytest-xdist hands
+    out the files that hold the long tests first and the many short ones fill the workers' ends,
+    instead of a long test starting last."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from hydra import compose, initialize_config_dir
 
-from conftest import free_port, wait_for
+from conftest import free_port, start_ranks, wait_for
 from isda_exp import distributed, launch
 from isda_exp.cli import config_dir
 from isda_exp.sync_batchnorm import CPUSyncBatchNorm2d
@@ -101,7 +100,7 @@ def equal_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_with_sync_bn_equal_one_process_on_the_global_batch(tmp_path):
-    mp.spawn(equal_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    start_ranks(equal_worker, (2, free_port(), str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for aug in AUGS:
         one = record(aug, tmp_path / "one")
@@ -158,7 +157,7 @@ def test_disturblabel_and_centre_loss_under_two_ranks_equal_one_process(tmp_path
     global batch on every rank, as in one process."""
     from isda_exp.losses import CenterLoss, DisturbLabel
 
-    mp.spawn(loss_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+    start_ranks(loss_worker, (2, free_port(), str(tmp_path)))
     targets, features = global_batch()
     disturbed = DisturbLabel(8, 10, alpha=0.5, seed=3).disturb(targets, epoch=2, step=7)
     assert (disturbed != targets).sum() > 10  # the noise is there to compare
@@ -242,7 +241,7 @@ def failing_worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_one_rank_raising_brings_the_other_down_quickly_with_a_clear_error(tmp_path):
-    ctx = mp.spawn(failing_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=False)
+    ctx = start_ranks(failing_worker, (2, free_port(), str(tmp_path)), join=False)
     for p in ctx.processes:
         p.join(120)
         assert not p.is_alive(), "a rank hangs"

@@ -19,7 +19,7 @@ import torchvision.transforms.v2 as T2
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from conftest import ROOT, free_port, run_cli, wait_for
+from conftest import ROOT, free_port, run_cli, start_ranks, wait_for
 from isda_exp import preempt
 from isda_exp.augment import build_augment
 from isda_exp.cli import config_dir, run
@@ -380,9 +380,7 @@ def folder_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_ranks_on_a_folder_equal_one_process(folder, tmp_path):
-    import torch.multiprocessing as mp
-
-    mp.spawn(folder_rank, args=(2, free_port(), str(folder), str(tmp_path)), nprocs=2, join=True)
+    start_ranks(folder_rank, (2, free_port(), str(folder), str(tmp_path)))
     parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     one = record_folder(str(folder), tmp_path / "one")
     assert len(one["x"]) == 8

@@ -6,9 +6,9 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from conftest import start_ranks
 from isda_exp.isda import COVARIANCES, ISDALoss
 
 A, C, RATIO = 5, 4, 0.6
@@ -52,7 +52,7 @@ def worker(rank, world, init_file, out_dir):
 
 
 def test_two_gloo_ranks_hold_the_one_process_statistics_of_the_global_batch(tmp_path):
-    mp.spawn(worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    start_ranks(worker, (2, str(tmp_path / "init"), str(tmp_path)))
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for mode in COVARIANCES:
         crit, fc = make(mode)  # one process, whole global batches
