@@ -295,7 +295,8 @@ def test_torchrun_writes_once_resumes_after_kill_9_or_sigterm_and_finishes_on_ev
       PAUSE_POLL_STEPS steps) to pause at the same batch, rank 0 writes the mid-epoch checkpoint,
       and the same command ends with a's numbers."""
     assert TORCHRUN.is_file(), f"{TORCHRUN} missing"
-    longer = ["dataset.train_size=1920", "trainer.epochs=2"]  # 30 steps an epoch: votes at 10, 20, 30
+    # 30 steps an epoch (votes at 10, 20, 30), in batches of 32: an epoch takes about 2 s
+    longer = ["dataset.train_size=960", "trainer.batch_size=32", "trainer.epochs=2"]
     for name in "abc":
         (tmp_path / name).mkdir()
     run = Path("runs/synthetic/resnet32/baseline/isda/seed0")
