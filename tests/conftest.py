@@ -12,17 +12,22 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
-def cifar_npz(cache, name: str) -> Path:
+def cifar_npz(config, tmp_path_factory, name: str) -> Path:
     """The real data set unpacked from ../shared/data once, into pytest's cache folder
     (.pytest_cache, ignored by git), keyed by the packed file's size and time: every later session
-    and every pytest-xdist worker reads it from there (unpacking takes about 12 s), under a lock."""
+    and every pytest-xdist worker reads it from there (unpacking takes about 12 s), under a lock.
+    With the cache off (-p no:cacheprovider) it goes to the session's temporary root instead."""
     import fcntl
 
     script = SHARED_DATA / "unpack_cifar.py"
     pack = SHARED_DATA / f"{name}.pack.npz"
     if not pack.is_file():
         pytest.skip(f"real {name} not available (no ../shared/data)")
-    root = cache.mkdir("cifar")
+    if getattr(config, "cache", None) is not None:
+        root = config.cache.mkdir("cifar")
+    else:  # the session's root, above each pytest-xdist worker's own folder
+        root = tmp_path_factory.getbasetemp()
+        root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
     stat = pack.stat()
     out = root / f"{name}-{stat.st_size}-{stat.st_mtime_ns}.npz"
     with open(root / f"{name}.lock", "w") as lock:
@@ -35,8 +40,8 @@ def cifar_npz(cache, name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def cifar10_npz(pytestconfig) -> Path:
-    return cifar_npz(pytestconfig.cache, "cifar10")
+def cifar10_npz(pytestconfig, tmp_path_factory) -> Path:
+    return cifar_npz(pytestconfig, tmp_path_factory, "cifar10")
 
 
 def free_port() -> int:
