@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -18,9 +19,15 @@ def _with_classifier(name: str, num_classes: int) -> nn.Module:
     return nn.Sequential(net, nn.Linear(net.feature_dim, num_classes))
 
 
+class _Sizes(NamedTuple):
+    params: int
+    flops: int
+    feature_dim: int
+
+
 @functools.lru_cache(maxsize=None)
-def _sizes(name: str, num_classes: int) -> tuple[int, int, int]:
-    """(parameters, forward FLOPs, feature_dim) from one build of the model: building is what
+def _sizes(name: str, num_classes: int) -> _Sizes:
+    """Parameters, forward FLOPs and feature_dim from one build of the model: building is what
     costs (weight init of up to 60M parameters); the FLOP pass then runs on the meta device, where
     no arithmetic is done (the count depends on shapes only)."""
     model = _with_classifier(name, num_classes).eval()
@@ -28,12 +35,12 @@ def _sizes(name: str, num_classes: int) -> tuple[int, int, int]:
     size = getattr(model[0], "input_size", 32)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model.to("meta")(torch.zeros(1, 3, size, size, device="meta"))
-    return params, int(counter.get_total_flops()), model[0].feature_dim
+    return _Sizes(params, int(counter.get_total_flops()), model[0].feature_dim)
 
 
 def count_params(name: str, num_classes: int = 10) -> int:
     """Trainable parameters including the classifier (feature_dim * C + C), as in the paper's Table 1."""
-    return _sizes(name, num_classes)[0]
+    return _sizes(name, num_classes).params
 
 
 def flops_per_image(name: str, num_classes: int = 10) -> int:
@@ -43,7 +50,7 @@ def flops_per_image(name: str, num_classes: int = 10) -> int:
     FlopCounterMode counts convolutions and matmuls (a multiply-add is 2 FLOPs); BN, ReLU and
     pooling are left out, as in the usual FLOP figures of these papers.
     """
-    return _sizes(name, num_classes)[1]
+    return _sizes(name, num_classes).flops
 
 
 def recipe_epochs(name: str) -> int:
@@ -63,7 +70,7 @@ def zoo_table(num_classes: int = 10) -> str:
     rows = [f"{'model':<20}{'params':>12}{'feat dim':>10}{'GFLOPs/img':>12}{'epochs':>8}{'train PFLOPs':>14}"]
     for name in list_models():
         rows.append(f"{name:<20}{count_params(name, num_classes) / 1e6:>11.3f}M"
-                    f"{_sizes(name, num_classes)[2]:>10}"
+                    f"{_sizes(name, num_classes).feature_dim:>10}"
                     f"{flops_per_image(name, num_classes) / 1e9:>12.3f}{recipe_epochs(name):>8}"
                     f"{training_pflops(name, num_classes):>14.1f}")
     return "\n".join(rows)
