@@ -55,7 +55,7 @@ OUT ?= outputs
 
 define sweep_then_report  # $(1): table number, $(2): runs dir, $(3): Hydra overrides
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan experiment=table$(1) out_root=$(2) $(3); else \
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.sweeps.plan experiment=table$(1) out_root=$(2) $(3); else \
 	  $(PY) -m isda_exp -m experiment=table$(1) out_root=$(2) $(3); status=$$?; \
 	  $(PY) -m isda_exp.report $(2) --table $(1) --format md --out $(2).md && \
 	  $(PY) -m isda_exp.report $(2) --table $(1) --format tex --out $(2).tex && \
@@ -78,8 +78,8 @@ table5:  ## Table 5 (ablation): WRN-28-10 x CIFAR-10/100 x Basic, identity/diago
 # WRN-28-10 at its recipe's dropout, seven rows), then one report. DRY=1 plans both.
 define table3_sweeps  # $(1): runs dir, $(2): Hydra overrides
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan experiment=table3 out_root=$(1) $(2) && \
-	  $(PY) -m isda_exp.plan experiment=table3_wrn out_root=$(1) $(2); else \
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.sweeps.plan experiment=table3 out_root=$(1) $(2) && \
+	  $(PY) -m isda_exp.sweeps.plan experiment=table3_wrn out_root=$(1) $(2); else \
 	  $(PY) -m isda_exp -m experiment=table3 out_root=$(1) $(2); s1=$$?; \
 	  $(PY) -m isda_exp -m experiment=table3_wrn out_root=$(1) $(2); s2=$$?; \
 	  $(PY) -m isda_exp.report $(1) --table 3 --format md --out $(1).md && \
@@ -126,7 +126,7 @@ table5-smoke: smoke-data  ## every Table 5 cell in miniature on the CPU (a SMOKE
 # ------------------------------------------------------------------ the lambda_0 protocol
 # make lambda-search MODEL=m DATASET=d: the paper's choice of lambda_0 on a seeded class-balanced
 # hold-out of 5,000 training images (dataset.validation), over VALUES x SEEDS, then
-# `python -m isda_exp.search` prints each value's mean hold-out error and the chosen one.
+# `python -m isda_exp.sweeps.search` prints each value's mean hold-out error and the chosen one.
 # Any parameter: PARAM=loss.gamma VALUES=0.5,1,2 LOSS=focal. DATA=dir: offline arrays (dir holds
 # <dataset>.npz). DRY=1 plans the runs. Runs go to $(OUT)/search/<dataset>/<model>/<method>/<param>/.
 MODEL ?=
@@ -146,9 +146,9 @@ lambda-search:  ## choose lambda_0 (or PARAM) on the 5,000-image hold-out: MODEL
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	@test -n "$(MODEL)" -a -n "$(DATASET)" || { echo "error: give MODEL= and DATASET=, e.g. make lambda-search MODEL=resnet110 DATASET=cifar10"; exit 2; }
 	@test -z "$(LOSS)" -o "$(PARAM)" != "isda.lambda_0" || { echo "error: LOSS=$(LOSS) runs without ISDA, so lambda_0 does nothing; give the loss's PARAM= and VALUES=, e.g. PARAM=loss.gamma VALUES=0.5,1,2"; exit 2; }
-	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan $(SEARCH_ARGS); else \
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.sweeps.plan $(SEARCH_ARGS); else \
 	  $(PY) -m isda_exp -m $(SEARCH_ARGS); status=$$?; \
-	  $(PY) -m isda_exp.search $(SEARCH_DIR) --param $(PARAM); exit $$(( status || $$? )); fi
+	  $(PY) -m isda_exp.sweeps.search $(SEARCH_DIR) --param $(PARAM); exit $$(( status || $$? )); fi
 
 # In miniature: 2 epochs (lambda is 0 in the first), a 100-image hold-out of the smoke data.
 lambda-search-smoke: smoke-data  ## the search in miniature on the CPU (MODEL=resnet32 DATASET=cifar10 unless given)
@@ -169,7 +169,7 @@ MINI_ARGS = $(if $(DATA),'dataset.npz=$(abspath $(DATA))/$${dataset.name}.npz') 
 mini:  ## the reduced real-data reproduction (60-85 minutes on 2 CPU cores)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	@$(if $(DATA),test -f $(DATA)/cifar10.npz -a -f $(DATA)/cifar100.npz || { echo "error: DATA=$(DATA) must hold cifar10.npz and cifar100.npz (python ../shared/data/unpack_cifar.py cifar10 $(DATA)/cifar10.npz)"; exit 2; })
-	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan experiment=mini out_root=$(MINI_DIR) $(MINI_ARGS); else \
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.sweeps.plan experiment=mini out_root=$(MINI_DIR) $(MINI_ARGS); else \
 	  start=$$(date +%s); \
 	  $(PY) -m isda_exp -m experiment=mini out_root=$(MINI_DIR) $(MINI_ARGS); status=$$?; \
 	  { $(PY) -m isda_exp.report $(MINI_DIR) && echo && $(PY) -m isda_exp.report $(MINI_DIR) --compare; } > $(MINI_DIR)/report.md && \
@@ -194,7 +194,7 @@ SHARED_DATA ?= ../shared/data
 
 table4:  ## Table 4 on ImageNet: IMAGENET=DIR (DRY=1: the runs and their cost)
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
-	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.plan experiment=table4 out_root=$(OUT)/table4 $(ARGS); else \
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.sweeps.plan experiment=table4 out_root=$(OUT)/table4 $(ARGS); else \
 	  test -n "$(IMAGENET)" || { echo "error: give IMAGENET=DIR (DIR/train/<class>/*.JPEG, DIR/val/<class>/*.JPEG)"; exit 2; }; \
 	  $(PY) -m isda_exp -m experiment=table4 out_root=$(OUT)/table4 'dataset.root=$(abspath $(IMAGENET))' $(ARGS); status=$$?; \
 	  $(PY) -m isda_exp.report $(OUT)/table4 --table 4 --out $(OUT)/table4.md && $(PY) -m isda_exp.report $(OUT)/table4 --table 4 --curves $(OUT)/table4_curves.png; \

@@ -29,8 +29,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_train import (build_trainer, data_overrides, machine, setting_overrides, timed,  # noqa: E402
-                         wait_for_quiet)
+from bench_train import (  # noqa: E402
+    build_trainer,
+    data_overrides,
+    machine,
+    setting_overrides,
+    timed,
+    wait_for_quiet,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

@@ -4,7 +4,7 @@
 pipeline: training images per second per CPU core (decode + RandomResizedCrop(224) + flip +
 collate) on one folder of full-size JPEGs (generated: 500x375, quality 90, photo-like content), the
 authors' pipeline (torchvision ImageFolder + PIL transforms + ToTensor + Normalize in a DataLoader)
-against ours (isda_exp.folder: torchvision.io decode + uint8 crop in a DataLoader; normalisation
+against ours (isda_exp.data.folder.source: torchvision.io decode + uint8 crop in a DataLoader; normalisation
 happens later on the training device), side by side in one run, interleaved, best of --repeats.
 
 isda: one step (statistics update + loss + backward) of ISDALoss(covariance="diagonal") at N=64,
@@ -68,8 +68,8 @@ def authors_loader(root: Path, batch: int, workers: int):
 
 
 def our_stream(root: Path, batch: int, workers: int):
-    from isda_exp.augment import build_augment
-    from isda_exp.folder import load_folder
+    from isda_exp.data.cifar_augment import build_augment
+    from isda_exp.data.folder import load_folder
 
     source = load_folder("bench", str(root))
     return source.train_stream(build_augment("baseline", 0), batch, 0, torch.device("cpu"), workers)
@@ -157,7 +157,7 @@ class AuthorsDiagonalISDA(nn.Module):
 def isda_worker(impl: str, device: str, steps: int) -> dict:
     import resource
 
-    from isda_exp.isda import ISDALoss
+    from isda_exp.losses import ISDALoss
     N, C, A = 64, 1000, 2048
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)

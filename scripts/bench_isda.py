@@ -79,7 +79,7 @@ def worker(impl: str, device: str, C: int, A: int, threads: int, seconds: float)
     """Time steps of one implementation in this (fresh) process; report time and peak memory."""
     import resource
 
-    from isda_exp.isda import ISDALoss
+    from isda_exp.losses import ISDALoss
     torch.set_num_threads(threads)
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(0)
@@ -115,7 +115,7 @@ def worker(impl: str, device: str, C: int, A: int, threads: int, seconds: float)
 
 def agreement(C: int = 100, A: int = 64, steps: int = 4) -> str:
     """Ours and the reference on the same batches: loss and gradient differences (float64)."""
-    from isda_exp.isda import ISDALoss
+    from isda_exp.losses import ISDALoss
     gen = torch.Generator().manual_seed(1)
     torch.manual_seed(1)
     fc = nn.Linear(A, C).double()

@@ -1,7 +1,7 @@
 """Training throughput of the runner: images/s, test-pass images/s, ISDA overhead, peak memory.
 
 Per model and setting (precision, channels_last, compile), each in a fresh process so that its
-peak memory and compile caches are its own, through the trainer's own code (isda_exp.trainer):
+peak memory and compile caches are its own, through the trainer's own code (isda_exp.training.trainer):
 
 * train img/s   -- Trainer.train_epoch on an epoch of `--steps` batches with ISDA on (lambda > 0),
                    batches drawn and augmented on the training device as in a real run;
@@ -114,7 +114,7 @@ def machine(device: str) -> dict:
 
 
 def build_trainer(overrides: list[str], run_dir: Path):
-    from isda_exp.trainer import Trainer
+    from isda_exp.training.trainer import Trainer
 
     return Trainer(composed(*overrides, "trainer.progress=false", "trainer.tensorboard=false"), run_dir)
 
@@ -268,8 +268,7 @@ def sweep_runs(experiment: str) -> dict[str, int]:
 
 def run_hours(model: str, measured: dict) -> tuple[float, str]:
     """GPU-hours of one full-recipe run: measured images/s when known, else the assumed TFLOP/s."""
-    from isda_exp import cost
-    from isda_exp.models import flops_per_image, recipe_epochs
+    from isda_exp.models import cost, flops_per_image, recipe_epochs
 
     isda_share = 1 + (ISDA_OVERHEAD - 1) / 2
     if model in measured:  # the test pass after each epoch: forward only

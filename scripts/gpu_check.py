@@ -51,7 +51,7 @@ def no_gpu_reason() -> str | None:
 
 def check_run(run_dir: Path, epochs: int) -> dict:
     """A finished run: summary.json present, `epochs` metric rows, every number finite."""
-    from isda_exp.runfiles import METRICS, SUMMARY
+    from isda_exp.rundir.files import METRICS, SUMMARY
 
     problems = []
     summary_path, metrics_path = run_dir / SUMMARY, run_dir / METRICS
@@ -104,7 +104,7 @@ def generated_data(out: Path) -> Path:
 
 def step_runs(args, out: Path) -> dict:
     """9 runs, the 3 augmentations of a precision at once (ResNet-32 does not fill a big GPU)."""
-    from isda_exp.runfiles import run_path
+    from isda_exp.rundir.files import run_path
 
     npz = generated_data(out)
     workers = max(1, ((os.cpu_count() or 4) - 3) // 3)  # AutoAugment's share of the cores
@@ -174,7 +174,7 @@ def step_bench(args, out: Path) -> dict:
 def step_ddp(args, out: Path) -> dict:
     import torch
 
-    from isda_exp.runfiles import run_path
+    from isda_exp.rundir.files import run_path
 
     if torch.cuda.device_count() < 2:
         return {"ok": None, "skipped": f"{torch.cuda.device_count()} GPU: needs 2 or more"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isda_exp.augment import AutoAugmentDataset, BatchAugment
+from isda_exp.data.cifar_augment import AutoAugmentDataset, BatchAugment
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

@@ -110,7 +110,7 @@ def cli_here(tmp_path, monkeypatch, capsys):
     exit fails the test unless check=False."""
     import logging
 
-    from isda_exp.cli import main
+    from isda_exp.cli.train import main
 
     monkeypatch.chdir(tmp_path)
     root = logging.getLogger()

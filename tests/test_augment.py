@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision.transforms.autoaugment as tv_aa
 
-from isda_exp.augment import (
+from isda_exp.data.cifar_augment import (
     AUGMENTATIONS,
     CIFAR_MEAN,
     CIFAR_STD,

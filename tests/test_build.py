@@ -14,12 +14,12 @@ from hydra import compose, initialize_config_dir
 
 from conftest import run_cli
 from isda_exp import seeding
-from isda_exp.augment import BatchAugment, build_augment
-from isda_exp.build import Run, build_run
-from isda_exp.cli import config_dir
-from isda_exp.device import resolve_device
+from isda_exp.data.cifar_augment import BatchAugment, build_augment
 from isda_exp.errors import UserError
-from isda_exp.trainer import Trainer
+from isda_exp.parallel.device import resolve_device
+from isda_exp.paths import config_dir
+from isda_exp.training.build import Run, build_run
+from isda_exp.training.trainer import Trainer
 
 TINY = ["dataset=synthetic", "dataset.train_size=96", "dataset.test_size=40", "trainer.batch_size=32",
         "trainer.epochs=2", "trainer.progress=false", "trainer.tensorboard=false", "device=cpu",
@@ -93,7 +93,7 @@ def test_the_loop_trains_any_stream_implementation_the_same(tmp_path):
 
 
 def test_the_augmentation_is_built_from_its_config_node():
-    from isda_exp.build import build
+    from isda_exp.training.build import build
 
     assert build(composed("aug=cutout").aug).cutout_length == 16
     assert build(composed("aug=baseline").aug).cutout_length == 0

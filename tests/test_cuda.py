@@ -10,15 +10,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from isda_exp.cli import config_dir
-from isda_exp.isda import ISDALoss
+from isda_exp.losses import ISDALoss
+from isda_exp.paths import config_dir
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
 def trainer(tmp_path: Path, *overrides: str):
-    from isda_exp.trainer import Trainer
+    from isda_exp.training.trainer import Trainer
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["dataset=synthetic", "dataset.train_size=512",

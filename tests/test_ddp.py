@@ -18,9 +18,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import free_port, start_ranks, wait_for
-from isda_exp import distributed, launch
-from isda_exp.cli import config_dir
-from isda_exp.sync_batchnorm import CPUSyncBatchNorm2d
+from isda_exp.parallel import distributed, launch
+from isda_exp.parallel.sync_batchnorm import CPUSyncBatchNorm2d
+from isda_exp.paths import config_dir
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 # ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work
@@ -30,7 +30,7 @@ AUGS = ("baseline", "cutout", "autoaugment")
 
 
 def trainer_for(aug: str, run_dir: Path):
-    from isda_exp.trainer import Trainer
+    from isda_exp.training.trainer import Trainer
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[*TINY, f"aug={aug}", "isda=on", "device=cpu",
@@ -44,7 +44,7 @@ def float64_trainer_for(aug: str, run_dir: Path):
     """The trainer in float64: at initialisation ResNet-32's float32 gradients are off by up to
     2% from float64's in some layers in ONE process (near-degenerate BatchNorm channels), which
     would swamp the comparison; in float64 the ranks must match the one process to rounding."""
-    from isda_exp.augment import normalize
+    from isda_exp.data.cifar_augment import normalize
 
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

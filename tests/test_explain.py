@@ -17,9 +17,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy import integrate, stats
 
-from isda_exp import preempt
-from isda_exp.augment import normalize
-from isda_exp.cli import config_dir, run
+from isda_exp.cli.train import run
+from isda_exp.data.cifar_augment import normalize
 from isda_exp.errors import UserError
 from isda_exp.explain import covariance, directions, neighbours
 from isda_exp.explain.bound import isda_bound, mc_expected_ce
@@ -27,8 +26,9 @@ from isda_exp.explain.cli import main
 from isda_exp.explain.rebuild import rebuild
 from isda_exp.explain.run import checkpoint_id, load_run
 from isda_exp.explain.sampling import Sampler
-from isda_exp.isda import ISDALoss
-from isda_exp.losses import CrossEntropy
+from isda_exp.losses import CrossEntropy, ISDALoss
+from isda_exp.paths import config_dir
+from isda_exp.training import preempt
 
 ROOT = Path(__file__).resolve().parents[1]
 

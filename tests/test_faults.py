@@ -25,15 +25,19 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import run_cli, wait_for
-from isda_exp import preempt, report, runfiles, runlock
-from isda_exp.cli import config_dir, run
-from isda_exp.augment import build_augment
+from isda_exp import report
+from isda_exp.cli.train import run
 from isda_exp.data import load_synthetic
+from isda_exp.data.cifar_augment import build_augment
 from isda_exp.errors import UserError
-from isda_exp.runlock import RunLock, RunLocked
-from isda_exp.engine import Engine
-from isda_exp.trainer import Diverged, Trainer
-from isda_exp.validate import check_config
+from isda_exp.paths import config_dir
+from isda_exp.rundir import files as runfiles
+from isda_exp.rundir import lock as runlock
+from isda_exp.rundir.lock import RunLock, RunLocked
+from isda_exp.training import preempt
+from isda_exp.training.engine import Engine
+from isda_exp.training.trainer import Diverged, Trainer
+from isda_exp.training.validate import check_config
 
 TINY = ["dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "trainer.batch_size=32",
         "trainer.progress=false", "trainer.tensorboard=false", "trainer.threads=1", "trainer.epochs=2",
@@ -166,7 +170,7 @@ def test_null_epochs_and_batch_size_mean_the_recipe():
     cfg = composed("trainer.epochs=null", "trainer.batch_size=null")
     check_config(cfg)
     trainer_epochs = cfg.model.recipe.epochs
-    from isda_exp.build import run_length
+    from isda_exp.training.build import run_length
     assert run_length(cfg) == (trainer_epochs, cfg.model.recipe.batch_size) == (160, 128)
 
 
@@ -498,7 +502,7 @@ def test_a_locked_run_names_its_holder(tmp_path):
 
 HOLD_AND_FORK = """
 import multiprocessing as mp, sys, time
-from isda_exp.runlock import RunLock
+from isda_exp.rundir.lock import RunLock
 
 
 def worker(started):

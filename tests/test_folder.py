@@ -20,15 +20,20 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from conftest import ROOT, free_port, run_cli, start_ranks, wait_for
-from isda_exp import preempt
-from isda_exp.augment import build_augment
-from isda_exp.cli import config_dir, run
-from isda_exp.crops import crop_flip_train, random_resized_crop_box, resize_centre_crop
+from isda_exp.cli.train import run
 from isda_exp.data import load_synthetic
-from isda_exp.engine import Engine
+from isda_exp.data.cifar_augment import build_augment
+from isda_exp.data.folder import load_folder
+from isda_exp.data.folder.loader import FolderImages
+from isda_exp.data.folder.transforms import (
+    crop_flip_train,
+    random_resized_crop_box,
+    resize_centre_crop,
+)
 from isda_exp.errors import UserError
-from isda_exp.folder import load_folder
-from isda_exp.folder_stream import FolderImages
+from isda_exp.paths import config_dir
+from isda_exp.training import preempt
+from isda_exp.training.engine import Engine
 
 CPU = torch.device("cpu")
 # torchvision 0.29's image I/O warns on each call (folder_stream filters it; pytest resets filters)
@@ -336,7 +341,7 @@ def record_folder(root: str, run_dir: Path) -> dict:
     """Two epochs in float64 (as tests/test_ddp.py: float32 BatchNorm gradients near
     degenerate channels would swamp the comparison): per step this rank's images and labels and
     the global mean loss, per epoch the metrics, at the end the ISDA statistics."""
-    from isda_exp.trainer import Trainer
+    from isda_exp.training.trainer import Trainer
 
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -366,7 +371,7 @@ def record_folder(root: str, run_dir: Path) -> dict:
 
 
 def folder_rank(rank: int, world: int, port: int, root: str, out: str) -> None:
-    from isda_exp import distributed
+    from isda_exp.parallel import distributed
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))

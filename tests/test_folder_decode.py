@@ -16,15 +16,17 @@ from hydra import compose, initialize_config_dir
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from conftest import ROOT
-from isda_exp import folder_decode, folder_stream
-from isda_exp.augment import build_augment
-from isda_exp.build import build_data
-from isda_exp.cli import config_dir, run
+from isda_exp.cli.train import run
 from isda_exp.data import load_synthetic
+from isda_exp.data.cifar_augment import build_augment
+from isda_exp.data.folder import device_decode as folder_decode
+from isda_exp.data.folder import load_folder
+from isda_exp.data.folder import loader as folder_stream
+from isda_exp.data.folder.device_decode import DeviceDecodeLoader, JpegDecoder
 from isda_exp.errors import UserError
-from isda_exp.folder import load_folder
-from isda_exp.folder_decode import DeviceDecodeLoader, JpegDecoder
-from isda_exp.identity import science_config
+from isda_exp.paths import config_dir
+from isda_exp.rundir.identity import science_config
+from isda_exp.training.build import build_data
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")

@@ -79,7 +79,7 @@ def test_the_run_it_checks_is_where_the_cli_trains(tmp_path, overrides, args):
     from hydra import compose, initialize_config_dir
 
     from isda_exp.paths import config_dir
-    from isda_exp.runfiles import run_dir_of, run_path
+    from isda_exp.rundir.files import run_dir_of, run_path
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=["dataset=cifar10", "model=resnet32", f"out_root={tmp_path}",

@@ -13,12 +13,12 @@ import torchvision
 from hydra import compose, initialize_config_dir
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from isda_exp.build import build_criterion, build_optimizer
-from isda_exp.cli import config_dir
 from isda_exp.errors import UserError
-from isda_exp.isda import MAX_FULL_COVARIANCE_BYTES, ISDALoss
+from isda_exp.losses import MAX_FULL_COVARIANCE_BYTES, ISDALoss
 from isda_exp.models import create_model, flops_per_image
-from isda_exp.schedule import lr_factor
+from isda_exp.paths import config_dir
+from isda_exp.training.build import build_criterion, build_optimizer
+from isda_exp.training.schedule import lr_factor
 
 MODELS = {"resnet50": 2048, "resnet101": 2048, "resnet152": 2048, "resnext50_32x4d": 2048,
           "densenet121": 1024}
@@ -201,7 +201,7 @@ def test_the_benchmarks_authors_formulation_is_the_same_loss():
 
 
 def test_table4_plan_lists_six_imagenet_runs():
-    from isda_exp.plan import plan
+    from isda_exp.sweeps.plan import plan
 
     rows = plan(["experiment=table4"], 60.0)
     assert len(rows) == 6 and {r["epochs"] for r in rows} == {300}

@@ -21,12 +21,16 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import run_cli
-from isda_exp import identity, preempt, report, runfiles
-from isda_exp.cli import Refused, config_dir, run
+from isda_exp import report
+from isda_exp.cli.train import Refused, run
 from isda_exp.data import read_npz
-from isda_exp.engine import Engine
 from isda_exp.errors import UserError
-from isda_exp.validate import check_added_keys
+from isda_exp.paths import config_dir
+from isda_exp.rundir import files as runfiles
+from isda_exp.rundir import identity
+from isda_exp.training import preempt
+from isda_exp.training.engine import Engine
+from isda_exp.training.validate import check_added_keys
 
 TINY = ["model=resnet32", "dataset=synthetic", "dataset.train_size=32", "dataset.test_size=16",
         "trainer.batch_size=16", "trainer.epochs=1", "trainer.threads=1", "trainer.progress=false",
@@ -305,7 +309,7 @@ def test_10_npz_a_directory_or_garbage_says_so(tmp_path):
                                         (["-m", "isda=off,on", "model.recipe.lrr=0.1"], "did you mean model.recipe.lr?"),
                                         (["model.net.drop_rate=0.3"], "add it with +model.net.drop_rate=VALUE")])
 def test_2_an_unknown_key_without_plus_is_one_line_too(args, shown):
-    from isda_exp.cli import check_command
+    from isda_exp.cli.train import check_command
 
     with pytest.raises(UserError, match=re.escape(shown)):
         check_command(args)

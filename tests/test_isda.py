@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from isda_exp.isda import COVARIANCES, ISDALoss, isda_ratio
+from isda_exp.losses import COVARIANCES, ISDALoss, isda_ratio
 
 A, C = 7, 6
 BLOCKS = [0, 800, None]  # one class per block (views) / two float64 classes / all at once

@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from conftest import start_ranks
-from isda_exp.isda import COVARIANCES, ISDALoss
+from isda_exp.losses import COVARIANCES, ISDALoss
 
 A, C, RATIO = 5, 4, 0.6
 

@@ -16,13 +16,23 @@ import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from scipy import stats
 
-from isda_exp import losses, paper, runfiles
-from isda_exp.build import build_criterion, build_model
-from isda_exp.cli import config_dir, run
-from isda_exp.identity import science_config
-from isda_exp.isda import ISDALoss
-from isda_exp.losses import (CenterLoss, CrossEntropy, DisturbLabel, FocalLoss, GeneralizedCrossEntropy,
-                             LargeMarginSoftmax, psi)
+from isda_exp import losses
+from isda_exp.cli.train import run
+from isda_exp.losses import (
+    CenterLoss,
+    CrossEntropy,
+    DisturbLabel,
+    FocalLoss,
+    GeneralizedCrossEntropy,
+    ISDALoss,
+    LargeMarginSoftmax,
+)
+from isda_exp.losses.competing import psi
+from isda_exp.paths import config_dir
+from isda_exp.report import paper
+from isda_exp.rundir import files as runfiles
+from isda_exp.rundir.identity import science_config
+from isda_exp.training.build import build_criterion, build_model
 
 CONFIGS = Path(config_dir())
 LOSS_CHOICES = {"ce": "baseline", "focal": "focal", "lsoftmax": "lsoftmax", "center": "center",

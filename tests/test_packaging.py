@@ -24,7 +24,7 @@ def test_wheel_ships_configs_and_runs_without_the_repo(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
                     str(wheel)], check=True, capture_output=True)
     env = {**os.environ, "PYTHONPATH": str(target)}
-    where = subprocess.run([sys.executable, "-c", "import isda_exp.cli as c; print(c.__file__); print(c.config_dir())"],
+    where = subprocess.run([sys.executable, "-c", "import isda_exp.cli.train as c; print(c.__file__); print(c.config_dir())"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert all(p.startswith(str(target)) for p in where), where
     proc = subprocess.run([sys.executable, "-m", "isda_exp", "model=wrn28_10", "--cfg", "job"], cwd=tmp_path,

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from isda_exp import paper, report
+from isda_exp import report
+from isda_exp.report import paper
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from conftest import ROOT, run_cli
-from isda_exp import plan
 from isda_exp.models import flops_per_image
 from isda_exp.report.cli import main as report_main
+from isda_exp.sweeps import plan
 
 # ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work; 2 steps an epoch
 TINY = ["dataset=synthetic", "dataset.train_size=32", "dataset.test_size=16", "trainer.batch_size=16",
@@ -28,8 +28,10 @@ class Killed(Exception):
 def interrupted_after_epoch_1(run_dir: Path, *overrides: str) -> None:
     """Train in this process (1 thread: the numbers of the CLI's runs) until epoch 1's checkpoint."""
     from hydra import compose, initialize_config_dir
-    from isda_exp import runfiles
-    from isda_exp.cli import config_dir, run
+
+    from isda_exp.cli.train import run
+    from isda_exp.paths import config_dir
+    from isda_exp.rundir import files as runfiles
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "trainer.threads=1"])
@@ -116,7 +118,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
 
 def test_plan_lists_runs_and_costs_from_the_zoo(tmp_path):
     from hydra import initialize_config_dir
-    from isda_exp.cli import config_dir
+
+    from isda_exp.paths import config_dir
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         jobs = plan.sweep_overrides(["experiment=table1", "model=resnet32,resnet110", f"out_root={tmp_path}"])

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from isda_exp import paper
 from isda_exp.data import Arrays, load_synthetic, take_subsets
 from isda_exp.errors import UserError
+from isda_exp.report import paper
 
 TINY = ["dataset=synthetic", "dataset.train_size=256", "dataset.test_size=128", "trainer.batch_size=64",
         "trainer.progress=false", "trainer.tensorboard=false", "+model.net.base_width=4"]
@@ -115,7 +115,7 @@ def search_cli(*args: str):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "isda_exp.search", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "isda_exp.sweeps.search", *args], capture_output=True, text=True)
 
 
 def test_search_picks_the_lowest_mean_and_never_averages_unfinished_runs(tmp_path):
@@ -126,7 +126,7 @@ def test_search_picks_the_lowest_mean_and_never_averages_unfinished_runs(tmp_pat
             fake_run(tmp_path, lam, seed, e)
     fake_run(tmp_path, 0.5, 2, status="failed")  # averaged as anything it would pull 0.5's mean away
     fake_run(tmp_path, 1.0, 3, status="in_progress")
-    from isda_exp import search
+    from isda_exp.sweeps import search
 
     values, left_out = search.collect(tmp_path, "isda.lambda_0")
     assert [v.value for v in values] == [0.1, 0.25, 0.5, 0.75, 1.0]
@@ -275,7 +275,7 @@ def make(*args: str, cwd: Path):
 
 
 def planned(overrides: list[str]) -> list[dict]:
-    from isda_exp import plan
+    from isda_exp.sweeps import plan
 
     return plan.plan(overrides, tflops=60)
 
@@ -284,10 +284,10 @@ def test_plan_composes_a_seed_sweep_once_and_gives_the_full_composes(tmp_path):
     """plan.composed reuses one compose for jobs that differ only in their seed: every config
     equals Hydra's own compose of that job (resolved), and the run folders follow the seed."""
     from hydra import compose, initialize_config_dir
-
-    from isda_exp import plan
-    from isda_exp.paths import config_dir
     from omegaconf import OmegaConf
+
+    from isda_exp.paths import config_dir
+    from isda_exp.sweeps import plan
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         jobs = plan.sweep_overrides(["experiment=table5", "dataset=cifar10", "isda=off,on",

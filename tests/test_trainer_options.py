@@ -17,10 +17,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from isda_exp.augment import normalize
-from isda_exp.cli import config_dir, run
+from isda_exp.cli.train import run
+from isda_exp.data.cifar_augment import normalize
 from isda_exp.errors import UserError
-from isda_exp.trainer import Trainer
+from isda_exp.paths import config_dir
+from isda_exp.training.trainer import Trainer
 
 TINY = ["dataset=synthetic", "dataset.train_size=128", "dataset.test_size=64", "trainer.batch_size=64",
         "trainer.epochs=1", "trainer.progress=false", "trainer.tensorboard=false"]

@@ -7,7 +7,7 @@ Carlo expected cross-entropy against ISDA's closed-form bound (Eq. 4). Everythin
 RUN_DIR/explain/ (PNG figures, explain.json, explain.md); nothing else in the run changes.
 
 Modules, one job each: run (the run directory and its checkpoint), rebuild (config -> objects,
-the only caller of isda_exp.build), source (the images of CIFAR arrays or an image folder, in
+the only caller of isda_exp.training.build), source (the images of CIFAR arrays or an image folder, in
 batches and by index), features (batched extraction, cached), covariance, directions,
 neighbours, bound, figures, page, pipeline (the steps in order), cli.
 """

@@ -6,8 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from isda_exp.isda import ISDALoss
-
+from ..losses import ISDALoss
 from .sampling import Sampler, logits
 
 

@@ -6,8 +6,7 @@ import sys
 
 import torch
 
-from isda_exp.errors import UserError
-
+from ..errors import UserError
 from .covariance import SOURCES
 from .options import Options
 

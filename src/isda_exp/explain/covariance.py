@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from isda_exp.errors import UserError
-from isda_exp.isda import ISDALoss
+from ..errors import UserError
+from ..losses import ISDALoss
 
 SOURCES = ("auto", "checkpoint", "features")
 

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from isda_exp.augment import normalize
-from isda_exp.errors import UserError
-from isda_exp.runfiles import disk_errors
+from ..data.cifar_augment import normalize
+from ..errors import UserError
+from ..rundir.files import disk_errors
 
 CACHE = "cache"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isda_exp.runfiles import atomic_write
+from ..rundir.files import atomic_write
 
 DPI = 72
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from isda_exp.errors import UserError
+from ..errors import UserError
 
 PAPER_LAMBDA_0 = 0.5  # the reference lambda for a run trained without ISDA
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from isda_exp.runfiles import atomic_write, write_json
+from ..rundir.files import atomic_write, write_json
 
 JSON, MARKDOWN = "explain.json", "explain.md"
 
@@ -26,7 +26,7 @@ def _header(r: dict) -> str:
             f"Covariance Sigma_c: **{r['covariance']['source']}**. Features: the penultimate "
             f"layer in eval mode on un-augmented images. Nearest images: {s['metric']} distance in "
             f"feature space over all {run['train_size']} training images. Indices are positions "
-            "in the run's training / test set as isda_exp.build.build_data returns it. "
+            "in the run's training / test set as isda_exp.training.build.build_data returns it. "
             f"Every number shown is in `{JSON}`. Took {r['timing']['total_s']:.0f} s on {s['device']}.\n")
 
 

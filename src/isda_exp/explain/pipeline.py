@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from isda_exp.device import resolve_device
-
+from ..parallel.device import resolve_device
 from . import covariance, directions, features, figures, neighbours, page, source
 from .bound import bound_curve
 from .options import PAPER_LAMBDA_0, Options, resolve_classes, resolve_images

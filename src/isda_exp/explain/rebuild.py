@@ -1,4 +1,4 @@
-"""The run's data, model and criterion from its config: the one place explain calls isda_exp.build.
+"""The run's data, model and criterion from its config: the one place explain calls isda_exp.training.build.
 
 Kept apart so the builders can be re-pointed in one spot when build.py changes.
 """
@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from isda_exp.build import build_criterion, build_data, build_model
-from isda_exp.errors import UserError
-from isda_exp.stream import resolve_workers
-
+from ..data.streams import resolve_workers
+from ..errors import UserError
+from ..training.build import build_criterion, build_data, build_model
 from .source import ExplainData, explain_data
 
 

@@ -9,8 +9,8 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from isda_exp import runfiles
-from isda_exp.errors import UserError
+from ..errors import UserError
+from ..rundir import files as runfiles
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 EXPLAIN = "explain"

@@ -15,9 +15,9 @@ import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
 
-from isda_exp.data import Arrays
-from isda_exp.folder import ImageFolderSource, list_classes
-from isda_exp.folder_stream import BadImages, FolderEvalStream, FolderImages
+from ..data import Arrays
+from ..data.folder import ImageFolderSource, list_classes
+from ..data.folder.loader import BadImages, FolderEvalStream, FolderImages
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                  "truck")
@@ -53,7 +53,7 @@ class ExplainData:
 
 
 def explain_data(data, workers: int) -> ExplainData:
-    """The run's data source (isda_exp.build.build_data's result) as explain reads it."""
+    """The run's data source (isda_exp.training.build.build_data's result) as explain reads it."""
     if isinstance(data, Arrays):
         def split(x: Tensor, y: Tensor) -> Images:
             return Images(y, lambda size: (x[i:i + size] for i in range(0, len(x), size)),

@@ -1,8 +1,8 @@
 """`python -m isda_exp.models [--num-classes C]`: print the zoo's sizes and training costs."""
 import argparse
 
-from ..cost import CIFAR_TRAIN, TRAIN_PASSES
 from ._stats import zoo_table
+from .cost import CIFAR_TRAIN, TRAIN_PASSES
 
 
 def main(argv: list[str] | None = None) -> None:

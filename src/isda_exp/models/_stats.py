@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..cost import CIFAR_TRAIN, run_pflops
 from ..paths import config_file
 from ._registry import create_model, list_models
+from .cost import CIFAR_TRAIN, run_pflops
 
 
 def _with_classifier(name: str, num_classes: int) -> nn.Module:

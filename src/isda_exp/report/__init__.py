@@ -9,8 +9,7 @@ and 5: table12, table35; listing: every group, the comparisons, the runs not ave
 (Markdown, LaTeX, CSV); curves draws Figure 2. Only finished runs are averaged; the others are
 listed apart.
 """
-from isda_exp.runfiles import atomic_write
-
+from ..rundir.files import atomic_write
 from .cli import build_report, main
 from .compare import Comparison, Welch, compare, welch
 from .curves import Curve, curve_data, plot_curves

@@ -5,8 +5,7 @@ import argparse
 import os
 import sys
 
-from isda_exp.runfiles import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY, atomic_write
-
+from ..rundir.files import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY, atomic_write
 from . import table4
 from .curves import plot_curves
 from .groups import aggregate

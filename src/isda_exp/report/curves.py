@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from isda_exp import paper
-from isda_exp.runfiles import METRICS, atomic_write
-
+from ..rundir.files import METRICS, atomic_write
+from . import paper
 from .groups import group_order
 from .runs import Key, ReportError, Run, load_runs, read_metrics
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from isda_exp import identity, paper
-
+from ..rundir import identity
+from . import paper
 from .runs import Key, ReportError, Run, number_or_none
 
 DATASET_ORDER = ("cifar10", "cifar100", "synthetic")

@@ -7,12 +7,23 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from isda_exp import paper
-
+from . import paper
 from .compare import Comparison
 from .groups import Row
-from .render import (MISSING, VS_BASELINE, Grid, csv_text, delta, fixed, mean_std, md_line, num,
-                     p_text, render, smoke_banner)
+from .render import (
+    MISSING,
+    VS_BASELINE,
+    Grid,
+    csv_text,
+    delta,
+    fixed,
+    md_line,
+    mean_std,
+    num,
+    p_text,
+    render,
+    smoke_banner,
+)
 from .runs import Run
 
 CSV_COLUMNS = ("dataset", "model", "aug", "method", "seeds", "error_mean", "error_std",

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from isda_exp import identity, paper
-from isda_exp.errors import UserError
-from isda_exp.runfiles import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY
+from ..errors import UserError
+from ..rundir import identity
+from ..rundir.files import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY
+from . import paper
 
 RUN_MARKERS = frozenset({SUMMARY, FAILED, METRICS, CHECKPOINT, CONFIG})
 REQUIRED_FIELDS = ("test_error_last10", "dataset", "model", "aug", "method")

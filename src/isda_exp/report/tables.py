@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import listing, table12, table35
+from . import listing
+from . import tables_1_2 as table12
+from . import tables_3_5 as table35
 from .compare import by_method_key, compare
 from .groups import Row
 from .render import Grid, check_format, render, smoke_banner

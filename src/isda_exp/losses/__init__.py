@@ -1,0 +1,20 @@
+"""The losses a run trains with: ISDA (isda.py) and the losses it is compared with in Table 3
+(competing.py). Every criterion is called as `loss, logits = criterion(features, fc, targets,
+ratio, epoch=e, step=s)`; `ISDALoss` is self-contained and can be used in any training loop."""
+from .competing import (
+                        LOSS_NAMES,
+                        PLAIN_CE,
+                        CenterLoss,
+                        Criterion,
+                        CrossEntropy,
+                        DisturbLabel,
+                        FocalLoss,
+                        GeneralizedCrossEntropy,
+                        LargeMarginSoftmax,
+                        loss_name,
+)
+from .isda import COVARIANCES, MAX_FULL_COVARIANCE_BYTES, ISDALoss, isda_ratio
+
+__all__ = ["ISDALoss", "isda_ratio", "COVARIANCES", "MAX_FULL_COVARIANCE_BYTES", "Criterion",
+           "CrossEntropy", "FocalLoss", "GeneralizedCrossEntropy", "LargeMarginSoftmax",
+           "CenterLoss", "DisturbLabel", "LOSS_NAMES", "PLAIN_CE", "loss_name"]

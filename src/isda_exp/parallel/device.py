@@ -1,0 +1,33 @@
+"""The one place a `device=` value becomes a torch.device (one process, or one rank of several)."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+
+
+def resolve_device(name: str, local_rank: int | None = None, flag: str = "device=") -> torch.device:
+    """auto|cpu|cuda|cuda:N -> the device; under several ranks (`local_rank` given) auto and cuda
+    mean this rank's GPU (local rank modulo the GPUs visible), and cuda:N is refused. `flag`: how
+    the caller's user spells the setting in the error lines (a Hydra key, or a --flag)."""
+    name = str(name)
+    if local_rank is not None and name.startswith("cuda:"):
+        raise UserError(f"{flag}{name} under a multi-process launch: each rank uses the GPU of "
+                        "its local rank; use device=auto or device=cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"{flag}{name} but no CUDA device is available here; use {flag}cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and local_rank is not None:
+        name = f"cuda:{local_rank % torch.cuda.device_count()}"  # one GPU visible per task works too
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from None
+
+
+def device_name(device: torch.device) -> str:
+    """The device as a summary records it: the GPU's model, or cpu."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"

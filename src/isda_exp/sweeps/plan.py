@@ -1,0 +1,119 @@
+"""`python -m isda_exp.sweeps.plan experiment=table1 [overrides]`: the runs a sweep would launch and their cost.
+
+Nothing is trained. Each run's cost is counted by the cost model (isda_exp.models.cost) from the zoo's
+measured forward FLOPs: training is about 3x forward (forward + backward) per image, plus one
+forward pass over the test set per epoch.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import sys
+
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from ..models import cost
+from ..paths import config_dir
+from ..rundir.files import CHECKPOINT, SUMMARY, run_dir_of
+from ..training.build import run_length
+
+FULL_SIZES = dict.fromkeys(("cifar10", "cifar100"), (cost.CIFAR_TRAIN, cost.CIFAR_TEST))
+
+
+def sweep_overrides(experiment_overrides: list[str]) -> list[list[str]]:
+    """Expand the experiment's hydra.sweeper.params and the command line's sweeps into jobs.
+
+    Call inside an initialized Hydra (initialize_config_dir). Command-line sweeps win, as in -m.
+    """
+    parser = OverridesParser.create()
+    plain = [t for t in experiment_overrides if not parser.parse_override(t).is_sweep_override()]
+    cfg = compose("train", overrides=plain, return_hydra_config=True)
+    axes = {key: str(value) for key, value in (cfg.hydra.sweeper.params or {}).items()}
+    fixed = []
+    for text in experiment_overrides:
+        ov = parser.parse_override(text)
+        if ov.is_sweep_override():
+            axes[ov.get_key_element()] = text.split("=", 1)[1]
+        else:  # a plain value on the command line replaces the experiment's sweep of that key
+            axes.pop(ov.get_key_element(), None)
+            fixed.append(text)
+    lists = []
+    for key, value in axes.items():
+        ov = parser.parse_override(f"{key}={value}")
+        values = ov.sweep_string_iterator() if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        lists.append([f"{key}={v}" for v in values])
+    return [fixed + list(combo) for combo in itertools.product(*lists)]
+
+
+def job_cost(cfg) -> dict:
+    """Epochs, data sizes and forward/training FLOPs of one composed run."""
+    from ..models import flops_per_image
+
+    epochs, _ = run_length(cfg)
+    n_train, n_test = FULL_SIZES.get(cfg.dataset.name, (cfg.dataset.get("train_size", 0),
+                                                        cfg.dataset.get("test_size", 0)))
+    if cfg.dataset.get("validation"):  # the hold-out comes out of the training set, replaces the test set
+        n_train, n_test = n_train - int(cfg.dataset.validation), int(cfg.dataset.validation)
+    n_train = cfg.dataset.train_subset or n_train
+    n_test = cfg.dataset.test_subset or n_test
+    flops = flops_per_image(cfg.model.net.name, cfg.dataset.num_classes)
+    return {"epochs": epochs, "train_images": n_train,
+            "pflops": cost.run_pflops(flops, epochs, n_train, n_test)}
+
+
+def composed(jobs: list[list[str]]):
+    """Each job's composed config. Jobs that differ only in `seed=` are composed once and then
+    given their seed: a compose takes ~0.5 s, so a 3-seed table plans 3x faster. The seed is a
+    plain value; keys that interpolate it resolve on access, so they follow it."""
+    parser, cache = OverridesParser.create(), {}
+    for job in jobs:
+        parsed = [(text, parser.parse_override(text)) for text in job]
+        seeds = [ov.value() for _, ov in parsed if ov.get_key_element() == "seed"]
+        rest = tuple(text for text, ov in parsed if ov.get_key_element() != "seed")
+        if rest not in cache:
+            cache[rest] = compose("train", overrides=list(rest))
+        cfg = copy.deepcopy(cache[rest])
+        if seeds:
+            cfg.seed = seeds[-1]
+        yield cfg
+
+
+def plan(overrides: list[str], tflops: float) -> list[dict]:
+    rows = []
+    with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
+        for cfg in composed(sweep_overrides(overrides)):
+            run_dir = run_dir_of(cfg)
+            status = ("finished" if (run_dir / SUMMARY).exists()
+                      else "resume" if (run_dir / CHECKPOINT).exists() else "new")
+            job = job_cost(cfg)
+            rows.append({"run": str(run_dir), "status": status, **job,
+                         "gpu_hours": cost.gpu_hours(job["pflops"], tflops)})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. experiment=table1 seed=0,1,2")
+    ap.add_argument("--tflops", type=float, default=60.0,
+                    help="sustained training throughput assumed per GPU, TFLOP/s (default 60: "
+                         "about what a CIFAR convnet sustains in bf16 on one H100; see docs/performance.md)")
+    args = ap.parse_args(argv)
+    rows = plan(args.overrides, args.tflops)
+    width = max(len(r["run"]) for r in rows)
+    print(f"{'run':<{width}}  {'status':<8} {'epochs':>6} {'images':>7} {'PFLOP':>9} {'GPU-h':>8}")
+    for r in rows:
+        print(f"{r['run']:<{width}}  {r['status']:<8} {r['epochs']:>6} {r['train_images']:>7} "
+              f"{r['pflops']:>9.2f} {r['gpu_hours']:>8.2f}")
+    todo = [r for r in rows if r["status"] != "finished"]
+    total = sum(r["pflops"] for r in todo)
+    hours = sum(r["gpu_hours"] for r in todo)
+    hours_text = f"{hours:.0f}" if hours >= 10 else f"{hours:.2g}"
+    print(f"{len(rows)} runs, {len(todo)} to train: {total:.1f} PFLOP, about {hours_text} "
+          f"GPU-hours at {args.tflops:g} TFLOP/s sustained")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
