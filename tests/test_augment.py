@@ -8,19 +8,10 @@ import pytest
 import torch
 import torchvision.transforms.autoaugment as tv_aa
 
-from isda_exp.data.cifar_augment import (
-    AUGMENTATIONS,
-    CIFAR_MEAN,
-    CIFAR_STD,
-    AutoAugmentDataset,
-    BatchAugment,
-    build_augment,
-    crop_flip,
-    crop_flip_apply,
-    cutout,
-    cutout_centres,
-    normalize,
-)
+from isda_exp.data.cifar_augment import (AUGMENTATIONS, AutoAugmentDataset, BatchAugment,
+                                         build_augment, crop_flip, crop_flip_apply, cutout,
+                                         cutout_centres)
+from isda_exp.data.normalize import CIFAR_MEAN, CIFAR_STD, normalize
 
 
 def gen(seed: int) -> torch.Generator:

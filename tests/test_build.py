@@ -18,7 +18,7 @@ from isda_exp.data.cifar_augment import BatchAugment, build_augment
 from isda_exp.errors import UserError
 from isda_exp.parallel.device import resolve_device
 from isda_exp.paths import config_dir
-from isda_exp.training.build import Run, build_run
+from isda_exp.training.build import RunObjects, build_run
 from isda_exp.training.trainer import Trainer
 
 TINY = ["dataset=synthetic", "dataset.train_size=96", "dataset.test_size=40", "trainer.batch_size=32",
@@ -41,7 +41,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def test_build_run_holds_what_the_config_says():
     run = build_run(composed("isda=on", "aug=cutout", "aug.cutout_length=8", "trainer.epochs=4"))
-    assert isinstance(run, Run)
+    assert isinstance(run, RunObjects)
     assert (run.epochs, run.batch_size, run.seed, run.device.type) == (4, 32, 0, "cpu")
     assert len(run.train) == 3 and run.train.num_images == 96
     assert run.eval.num_images == 40 and run.eval.split == "test"

@@ -15,16 +15,14 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
 
-from conftest import ROOT, run_cli
+from conftest import run_cli
 from isda_exp.cli.train import run
 from isda_exp.errors import UserError
 from isda_exp.losses import CrossEntropy, ISDALoss
 from isda_exp.paths import config_dir
-from isda_exp.rundir import files as runfiles
 from isda_exp.training import preempt
-from isda_exp.training.build import build_criterion, build_data, build_model, run_length
+from isda_exp.training.build import build_criterion, build_data, run_length
 
 CONFIGS = Path(config_dir())
 # ResNet-32 at a quarter of its width (4/8/16 channels): every layer, 1/16 of the work

@@ -44,7 +44,7 @@ def float64_trainer_for(aug: str, run_dir: Path):
     """The trainer in float64: at initialisation ResNet-32's float32 gradients are off by up to
     2% from float64's in some layers in ONE process (near-degenerate BatchNorm channels), which
     would swamp the comparison; in float64 the ranks must match the one process to rounding."""
-    from isda_exp.data.cifar_augment import normalize
+    from isda_exp.data import normalize
 
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)

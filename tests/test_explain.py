@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from scipy import integrate, stats
 
 from isda_exp.cli.train import run
-from isda_exp.data.cifar_augment import normalize
+from isda_exp.data import normalize
 from isda_exp.errors import UserError
 from isda_exp.explain import covariance, directions, neighbours
 from isda_exp.explain.bound import isda_bound, mc_expected_ce

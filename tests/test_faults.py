@@ -25,14 +25,12 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import run_cli, wait_for
-from isda_exp import report
+from isda_exp import report, rundir
 from isda_exp.cli.train import run
 from isda_exp.data import load_synthetic
 from isda_exp.data.cifar_augment import build_augment
 from isda_exp.errors import UserError
 from isda_exp.paths import config_dir
-from isda_exp.rundir import files as runfiles
-from isda_exp.rundir import lock as runlock
 from isda_exp.rundir.lock import RunLock, RunLocked
 from isda_exp.training import preempt
 from isda_exp.training.engine import Engine
@@ -222,7 +220,7 @@ def test_a_stop_signal_mid_epoch_writes_a_mid_epoch_checkpoint_and_resumes_exact
     lines = [r.getMessage() for r in caplog.records if "stopped by" in r.getMessage()]
     assert lines == [f"stopped by {signal.Signals(sig).name} in epoch 2/2 after batch 2/4: checkpoint "
                      f"written to {run_dir / 'last.pt'}; run the same command to resume"]
-    ckpt = runfiles.load_checkpoint(run_dir / "last.pt")
+    ckpt = rundir.load_checkpoint(run_dir / "last.pt")
     assert ckpt["epoch"] == 1 and ckpt["partial"]["batch"] == 2 and ckpt["partial"]["seen"] == 2 * QUICK_BATCH
     assert not (run_dir / "summary.json").exists() and no_temp_files(run_dir)
 
@@ -234,7 +232,7 @@ def test_a_stop_signal_mid_epoch_writes_a_mid_epoch_checkpoint_and_resumes_exact
 
 def test_sigterm_during_a_save_completes_the_save_then_stops(tmp_path, monkeypatch, straight):
     run_dir = tmp_path / RUN
-    original = runfiles.save_checkpoint
+    original = rundir.save_checkpoint
     calls = []
 
     def save_with_signal(path, state):
@@ -242,11 +240,11 @@ def test_sigterm_during_a_save_completes_the_save_then_stops(tmp_path, monkeypat
         if len(calls) == 1:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives while this save is in progress
         original(path, state)
-    monkeypatch.setattr(runfiles, "save_checkpoint", save_with_signal)
+    monkeypatch.setattr(rundir, "save_checkpoint", save_with_signal)
     with pytest.raises(preempt.Preempted) as e:
         run(composed(), run_dir)
     assert "after epoch 1/2" in str(e.value) and calls == [1]
-    assert runfiles.load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and no_temp_files(run_dir)
+    assert rundir.load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and no_temp_files(run_dir)
     monkeypatch.undo()
     run(composed(), run_dir)
     assert final(run_dir) == straight
@@ -254,8 +252,8 @@ def test_sigterm_during_a_save_completes_the_save_then_stops(tmp_path, monkeypat
 
 def test_checkpoint_minutes_writes_mid_epoch_checkpoints(tmp_path, monkeypatch):
     saved = []
-    original = runfiles.save_checkpoint
-    monkeypatch.setattr(runfiles, "save_checkpoint",
+    original = rundir.save_checkpoint
+    monkeypatch.setattr(rundir, "save_checkpoint",
                         lambda path, state: (saved.append((state["epoch"], (state["partial"] or {}).get("batch"))),
                                              original(path, state)))
     run(composed("trainer.checkpoint_minutes=1e-9", "trainer.epochs=1"), tmp_path / RUN)
@@ -282,7 +280,7 @@ def test_sigterm_and_ctrl_c_from_outside_save_and_resume_exactly(tmp_path, caplo
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGTERM, out + err  # ended by the signal, as a cluster expects
     assert out.count("stopped by SIGTERM") == 1 and "Traceback" not in out + err
-    assert runfiles.load_checkpoint(run_dir / "last.pt")["epoch"] < 2 and no_temp_files(run_dir)
+    assert rundir.load_checkpoint(run_dir / "last.pt")["epoch"] < 2 and no_temp_files(run_dir)
 
     proc = start(tmp_path, *args)
     mtime = (run_dir / "last.pt").stat().st_mtime_ns
@@ -309,7 +307,7 @@ def test_kill_9_at_random_moments_then_resume_gives_the_uninterrupted_numbers(tm
     kills = 0
     for trial in range(6):
         proc = start(tmp_path, *args)
-        wait_for(lambda: (runlock.read_holder(run_dir / ".lock") or {}).get("pid") == proc.pid, proc)
+        wait_for(lambda: (rundir.lock.read_holder(run_dir / ".lock") or {}).get("pid") == proc.pid, proc)
         time.sleep(rng.uniform(0.0, 1.5))
         if proc.poll() is not None:
             break
@@ -349,14 +347,14 @@ def test_divergence_mid_run_keeps_the_last_good_checkpoint_and_the_report_does_n
             engine.fc.weight.mul_(float("inf"))
     StepHook(monkeypatch, STEPS + 2, poison)
     good = {}
-    original = runfiles.save_checkpoint
-    monkeypatch.setattr(runfiles, "save_checkpoint",
+    original = rundir.save_checkpoint
+    monkeypatch.setattr(rundir, "save_checkpoint",
                         lambda path, state: (original(path, state), good.setdefault("bytes", path.read_bytes())))
     with pytest.raises(Diverged) as e:
         run(composed(), run_dir)
     assert "epoch 2/2 at step" in str(e.value) and "last good checkpoint last.pt is kept" in str(e.value)
     assert (run_dir / "last.pt").read_bytes() == good["bytes"]  # epoch 1's, untouched
-    ckpt = runfiles.load_checkpoint(run_dir / "last.pt")
+    ckpt = rundir.load_checkpoint(run_dir / "last.pt")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["classifier"].values())
     assert [r["epoch"] for r in metrics(run_dir)] == [1]
     assert json.loads((run_dir / "failed.json").read_text())["reason"] == "diverged"
@@ -412,7 +410,7 @@ def test_a_bad_last_pt_falls_back_to_the_previous_one(tmp_path, caplog, straight
     warm = tmp_path / "warm" / RUN
     shutil.copytree(straight_dir, warm)  # last.pt: after epoch 2, last.prev.pt: after epoch 1
     (warm / "summary.json").unlink()
-    assert runfiles.load_checkpoint(warm / "last.prev.pt")["epoch"] == 1
+    assert rundir.load_checkpoint(warm / "last.prev.pt")["epoch"] == 1
     marker = tmp_path / "pwned"
     last = warm / "last.pt"
     if damage == "truncated":
@@ -463,8 +461,8 @@ def test_stray_temp_files_of_a_killed_save_are_removed_on_start(tmp_path, straig
 def test_checkpoints_rotate_last_and_previous(tmp_path):
     run_dir = tmp_path / RUN
     run(composed("trainer.epochs=3"), run_dir)
-    assert runfiles.load_checkpoint(run_dir / "last.pt")["epoch"] == 3
-    assert runfiles.load_checkpoint(run_dir / "last.prev.pt")["epoch"] == 2
+    assert rundir.load_checkpoint(run_dir / "last.pt")["epoch"] == 3
+    assert rundir.load_checkpoint(run_dir / "last.prev.pt")["epoch"] == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -535,7 +533,7 @@ def test_a_run_killed_with_9_is_free_at_once_though_its_forked_workers_live_on(t
         proc.wait()
         assert os.path.exists(f"/proc/{child}")  # the forked child still runs
         with RunLock(run_dir):  # and does not hold the run
-            assert runlock.read_holder(run_dir / ".lock")["pid"] == os.getpid()
+            assert rundir.lock.read_holder(run_dir / ".lock")["pid"] == os.getpid()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
@@ -587,11 +585,11 @@ def test_a_full_or_read_only_disk_is_one_line_and_loses_nothing(tmp_path, monkey
             if state["n"] == 2:  # the second checkpoint: the disk is full now
                 raise OSError(code, os.strerror(code))
         return real_fsync(fd)
-    monkeypatch.setattr(runfiles.os, "fsync", fsync)
+    monkeypatch.setattr(rundir.files.os, "fsync", fsync)
     with pytest.raises(UserError) as e:
         run(composed(), run_dir)
     assert str(e.value).startswith(f"{text} while writing {run_dir / 'last.pt'}; ")
-    assert runfiles.load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and no_temp_files(run_dir)
+    assert rundir.load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and no_temp_files(run_dir)
     monkeypatch.undo()
     run(composed(), run_dir)
     assert final(run_dir) == straight
@@ -621,7 +619,7 @@ def test_a_really_full_disk_small_tmpfs(tmp_path, caplog, straight):
     run_dir = saved / RUN
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: no space left on device while writing {mnt}/runs/"), err
-    assert runfiles.load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and no_temp_files(run_dir)
+    assert rundir.load_checkpoint(run_dir / "last.pt")["epoch"] == 1 and no_temp_files(run_dir)
     # lose nothing: on a disk with room, the same run resumes (here: the CLI's run()) and ends as
     # if never stopped
     caplog.set_level(logging.INFO, logger="isda_exp")

@@ -21,12 +21,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import run_cli
-from isda_exp import report
+from isda_exp import report, rundir
 from isda_exp.cli.train import Refused, run
 from isda_exp.data import read_npz
 from isda_exp.errors import UserError
 from isda_exp.paths import config_dir
-from isda_exp.rundir import files as runfiles
 from isda_exp.rundir import identity
 from isda_exp.training import preempt
 from isda_exp.training.engine import Engine
@@ -184,7 +183,7 @@ def test_6_an_output_directory_that_cannot_be_written_is_one_line_exit_2(tmp_pat
 
 def test_6_the_run_log_of_an_unwritable_directory_is_dropped_without_a_traceback(tmp_path, capsys):
     (tmp_path / "afile").write_text("not a folder")
-    handler = runfiles.RunLog(str(tmp_path / "afile" / "train.log"))
+    handler = rundir.RunLog(str(tmp_path / "afile" / "train.log"))
     handler.emit(logging.LogRecord("isda_exp", logging.INFO, __file__, 1, "hello", None, None))
     handler.close()
     assert handler.broken and capsys.readouterr().err == ""
@@ -193,7 +192,7 @@ def test_6_the_run_log_of_an_unwritable_directory_is_dropped_without_a_traceback
 @pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
 def test_6_permission_denied_is_a_disk_error_line(tmp_path, code):
     with pytest.raises(UserError, match=r"while writing .*out_root=DIR on a writable disk"):
-        with runfiles.disk_errors(tmp_path / "x"):
+        with rundir.disk_errors(tmp_path / "x"):
             raise OSError(code, os.strerror(code))
 
 
@@ -225,16 +224,16 @@ def test_8_a_run_that_fails_before_its_first_step_is_not_in_progress(tmp_path):
 
 def test_9_a_failed_save_rotates_nothing_and_leaves_no_temp_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    runfiles.save_checkpoint(path, {"epoch": 1})
-    runfiles.save_checkpoint(path, {"epoch": 2})
+    rundir.save_checkpoint(path, {"epoch": 1})
+    rundir.save_checkpoint(path, {"epoch": 2})
     real_fsync = os.fsync
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(runfiles.os, "fsync", full)
+    monkeypatch.setattr(rundir.files.os, "fsync", full)
     with pytest.raises(UserError, match="no space left"):
-        runfiles.save_checkpoint(path, {"epoch": 3})
-    monkeypatch.setattr(runfiles.os, "fsync", real_fsync)
+        rundir.save_checkpoint(path, {"epoch": 3})
+    monkeypatch.setattr(rundir.files.os, "fsync", real_fsync)
     prev = tmp_path / "last.prev.pt"
     assert not os.path.samefile(path, prev)
     assert _epoch(path) == 2 and _epoch(prev) == 1
@@ -245,9 +244,9 @@ def test_9_rotation_from_linked_files_leaves_no_link_temp(tmp_path):
     # a save cut between its renames (as the old rotation left a full disk): last.pt and
     # last.prev.pt are one file; the next save must rotate cleanly
     path, prev = tmp_path / "last.pt", tmp_path / "last.prev.pt"
-    runfiles.save_checkpoint(path, {"epoch": 1})
+    rundir.save_checkpoint(path, {"epoch": 1})
     os.link(path, prev)
-    runfiles.save_checkpoint(path, {"epoch": 2})
+    rundir.save_checkpoint(path, {"epoch": 2})
     assert not os.path.samefile(path, prev) and _epoch(path) == 2 and _epoch(prev) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
 
@@ -293,7 +292,7 @@ def test_10_sighup_checkpoints_then_stops_like_sigterm(tmp_path, monkeypatch):
     finally:
         signal.signal(signal.SIGHUP, before)
     assert preempt.name(e.value.signum) == "SIGHUP" and hung_up == []
-    assert runfiles.load_checkpoint(run_dir / "last.pt")["partial"]["batch"] == 1
+    assert rundir.load_checkpoint(run_dir / "last.pt")["partial"]["batch"] == 1
 
 
 def test_10_npz_a_directory_or_garbage_says_so(tmp_path):

@@ -16,7 +16,7 @@ import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from scipy import stats
 
-from isda_exp import losses
+from isda_exp import losses, rundir
 from isda_exp.cli.train import run
 from isda_exp.losses import (
     CenterLoss,
@@ -30,7 +30,6 @@ from isda_exp.losses import (
 from isda_exp.losses.competing import psi
 from isda_exp.paths import config_dir
 from isda_exp.report import paper
-from isda_exp.rundir import files as runfiles
 from isda_exp.rundir.identity import science_config
 from isda_exp.training.build import build_criterion, build_model
 
@@ -311,7 +310,7 @@ def test_isda_with_another_loss_is_refused_in_one_line(tmp_path, cli_here):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "loss=focal" in lines[0] and "isda=off" in lines[0]
-    assert not list(tmp_path.rglob(runfiles.CHECKPOINT)) and not list(tmp_path.rglob(runfiles.SUMMARY))
+    assert not list(tmp_path.rglob(rundir.CHECKPOINT)) and not list(tmp_path.rglob(rundir.SUMMARY))
 
 
 def test_cli_trains_every_loss_choice_and_names_it(tmp_path, cli_here):
@@ -319,10 +318,10 @@ def test_cli_trains_every_loss_choice_and_names_it(tmp_path, cli_here):
     cli_here("-m", *TINY, "trainer.epochs=2", "isda=off", f"loss={names}", "out_root=runs")
     for loss, method in LOSS_CHOICES.items():
         run_dir = tmp_path / f"runs/synthetic/resnet32/baseline/{method}/seed0"
-        summary = json.loads((run_dir / runfiles.SUMMARY).read_text())
+        summary = json.loads((run_dir / rundir.SUMMARY).read_text())
         assert (summary["method"], summary["loss"], summary["variant"], summary["epochs"]) == (method, loss, None, 2)
         assert summary["drop_rate"] == 0.0 and math.isfinite(summary["test_error_last10"])
-        rows = [json.loads(r) for r in (run_dir / runfiles.METRICS).read_text().splitlines()]
+        rows = [json.loads(r) for r in (run_dir / rundir.METRICS).read_text().splitlines()]
         assert [r["lambda"] for r in rows] == [0.0, 0.0] and all(math.isfinite(r["train_loss"]) for r in rows)
     state = torch.load(tmp_path / "runs/synthetic/resnet32/baseline/center/seed0/last.pt", weights_only=False)
     assert state["isda"]["centers"].shape == (10, FEATURES) and state["isda"]["centers"].abs().sum() > 0
@@ -336,7 +335,7 @@ class Interrupted(Exception):
 def test_interrupted_then_resumed_gives_the_same_state_and_numbers(tmp_path, monkeypatch, loss):
     cfg = composed(*TINY, "trainer.epochs=3", "isda=off", f"loss={loss}", "seed=2")
     run(cfg, tmp_path / "straight")
-    save = runfiles.save_checkpoint
+    save = rundir.save_checkpoint
     calls = []
 
     def save_then_die(path, state):  # killed right after the first epoch's checkpoint
@@ -344,21 +343,21 @@ def test_interrupted_then_resumed_gives_the_same_state_and_numbers(tmp_path, mon
         calls.append(state["epoch"])
         raise Interrupted
 
-    monkeypatch.setattr(runfiles, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(rundir, "save_checkpoint", save_then_die)
     with pytest.raises(Interrupted):
         run(cfg, tmp_path / "resumed")
-    monkeypatch.setattr(runfiles, "save_checkpoint", save)
-    assert calls == [1] and not (tmp_path / "resumed" / runfiles.SUMMARY).exists()
+    monkeypatch.setattr(rundir, "save_checkpoint", save)
+    assert calls == [1] and not (tmp_path / "resumed" / rundir.SUMMARY).exists()
     run(cfg, tmp_path / "resumed")
-    a = torch.load(tmp_path / "straight" / runfiles.CHECKPOINT, weights_only=False)
-    b = torch.load(tmp_path / "resumed" / runfiles.CHECKPOINT, weights_only=False)
+    a = torch.load(tmp_path / "straight" / rundir.CHECKPOINT, weights_only=False)
+    b = torch.load(tmp_path / "resumed" / rundir.CHECKPOINT, weights_only=False)
     assert a["isda"].keys() == b["isda"].keys() and a["isda"]
     for key in a["isda"]:
         assert torch.equal(a["isda"][key], b["isda"][key]), key
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a["history"]]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b["history"]]
-    sa = json.loads((tmp_path / "straight" / runfiles.SUMMARY).read_text())
-    sb = json.loads((tmp_path / "resumed" / runfiles.SUMMARY).read_text())
+    sa = json.loads((tmp_path / "straight" / rundir.SUMMARY).read_text())
+    sb = json.loads((tmp_path / "resumed" / rundir.SUMMARY).read_text())
     assert sa["test_error_last10"] == sb["test_error_last10"] and sa["method"] == sb["method"] == loss
 
 

@@ -1,12 +1,30 @@
-"""The code's shape, as issue 16 set it: no import circle in src/, no class over 200 lines and no
-function over 60 lines, and the modules that hold one job each."""
+"""The code's shape: subpackages named for their jobs with import rules between them, at most six
+modules at the top of the package, no import circle, no class over 200 lines and no function over
+60 lines, and configs whose `_target_`s point into the package of the same job."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "isda_exp"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "isda_exp"
 MAX_CLASS, MAX_FUNCTION = 200, 60
+MAX_TOP_LEVEL = 6
+# package -> the packages it must never import (at any depth of a file: lazy imports count).
+# The layers, from the bottom: errors/seeding/paths; models, losses, parallel, rundir; data;
+# training; sweeps, explain; cli. The report reads run files only (no torch, no training).
+FORBIDDEN = {
+    "losses": {"data", "models", "training", "rundir", "cli", "sweeps", "report", "explain"},
+    "models": {"data", "losses", "training", "rundir", "parallel", "cli", "sweeps", "report", "explain"},
+    "parallel": {"data", "losses", "models", "training", "rundir", "cli", "sweeps", "report", "explain"},
+    "rundir": {"data", "losses", "models", "training", "parallel", "cli", "sweeps", "report", "explain"},
+    "data": {"losses", "models", "training", "rundir", "cli", "sweeps", "report", "explain"},
+    "training": {"cli", "sweeps", "report", "explain"},
+    "report": {"data", "losses", "models", "training", "parallel", "cli", "sweeps", "explain"},
+    "sweeps": {"cli", "explain"},
+    "explain": {"cli", "sweeps", "report"},
+    "cli": {"explain", "report"},
+}
 
 
 def modules() -> dict[str, ast.Module]:
@@ -82,3 +100,87 @@ def test_no_long_class_or_function_in_src():
                 if length > limit:
                     too_long.append(f"{name}.{node.name}: {length} lines (> {limit})")
     assert not too_long, "\n".join(too_long)
+
+
+def package_of(module: str) -> str:
+    """isda_exp.data.folder.source -> data; isda_exp.errors -> errors."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for name, deps in graph.items():
+        banned = FORBIDDEN.get(package_of(name), set())
+        found += [f"{name} imports {d}" for d in sorted(deps) if package_of(d) in banned]
+    return found
+
+
+def test_the_rule_checker_finds_a_planted_violation():
+    assert violations({"isda_exp.losses.isda": {"isda_exp.training.trainer", "isda_exp.errors"}}) \
+        == ["isda_exp.losses.isda imports isda_exp.training.trainer"]
+    assert violations({"isda_exp.training.trainer": {"isda_exp.losses.isda"}}) == []
+
+
+def test_packages_import_only_downwards():
+    trees = modules()
+    known = set(trees)
+    graph = {name: imports_of(name, tree, known) for name, tree in trees.items()}
+    assert not violations(graph), "\n".join(violations(graph))
+    # the modules at the top (errors, seeding, paths, ...) sit below every subpackage: only
+    # paths asks rundir.identity for the configs' resolver, and the package's front doors
+    # (__init__, __main__, compat) load what they export
+    for name in ("isda_exp.errors", "isda_exp.seeding"):
+        assert graph[name] <= {"isda_exp"}, (name, graph[name])
+
+
+def test_at_most_six_modules_at_the_top_of_the_package():
+    top = sorted(p.name for p in SRC.glob("*.py"))
+    assert len(top) <= MAX_TOP_LEVEL, top
+    packages = sorted(p.name for p in SRC.iterdir() if (p / "__init__.py").is_file())
+    assert {"losses", "models", "data", "training", "rundir", "parallel", "cli", "sweeps",
+            "report", "explain"} <= set(packages), packages
+
+
+def test_every_package_is_listed_for_the_wheel():
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(SRC.parent).parts) for p in SRC.rglob("__init__.py")}
+    assert found <= listed, f"add {sorted(found - listed)} to [tool.setuptools] packages"
+
+
+GROUP_PACKAGES = {"dataset": "isda_exp.data", "aug": "isda_exp.data", "model": "isda_exp.models",
+                  "isda": "isda_exp.losses", "loss": "isda_exp.losses"}
+
+
+def config_targets():
+    import yaml
+
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        def walk(node):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if k in ("_target_", "class") and isinstance(v, str) and v.startswith("isda_exp"):
+                        yield v
+                    else:
+                        yield from walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    yield from walk(v)
+        yield path, list(walk(yaml.safe_load(path.read_text()) or {}))
+
+
+def test_configs_mirror_the_code_and_every_target_resolves():
+    """configs/<group>/ builds objects of the package of the same job, and each target exists."""
+    from hydra.utils import get_object
+
+    seen = 0
+    for path, targets in config_targets():
+        group = path.relative_to(ROOT / "configs").parts[0]
+        for target in targets:
+            seen += 1
+            assert get_object(target) is not None, (path, target)
+            if group in GROUP_PACKAGES:
+                assert target.startswith(GROUP_PACKAGES[group] + "."), (path, target)
+    assert seen >= 20

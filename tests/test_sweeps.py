@@ -29,24 +29,24 @@ def interrupted_after_epoch_1(run_dir: Path, *overrides: str) -> None:
     """Train in this process (1 thread: the numbers of the CLI's runs) until epoch 1's checkpoint."""
     from hydra import compose, initialize_config_dir
 
+    from isda_exp import rundir
     from isda_exp.cli.train import run
     from isda_exp.paths import config_dir
-    from isda_exp.rundir import files as runfiles
 
     with initialize_config_dir(config_dir=config_dir(), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "trainer.threads=1"])
-    save = runfiles.save_checkpoint
+    save = rundir.save_checkpoint
 
     def save_then_die(path, state):
         save(path, state)
         raise Killed
-    runfiles.save_checkpoint = save_then_die
+    rundir.save_checkpoint = save_then_die
     try:
         run(cfg, run_dir)
     except Killed:
         pass
     finally:
-        runfiles.save_checkpoint = save
+        rundir.save_checkpoint = save
 
 
 def summaries(root: Path) -> dict[str, dict]:

@@ -18,7 +18,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from isda_exp.cli.train import run
-from isda_exp.data.cifar_augment import normalize
+from isda_exp.data import normalize
 from isda_exp.errors import UserError
 from isda_exp.paths import config_dir
 from isda_exp.training.trainer import Trainer

@@ -1,5 +1,6 @@
 """Where the package finds its Hydra configs: the one lookup every entry point, the model zoo's
-figures and the scripts share. Imports no Hydra app, so anything may ask without side effects."""
+figures and the scripts share. Imports no Hydra app; asking registers the configs' own resolver
+(the run directory's method part), so whoever composes the configs can resolve them."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +8,9 @@ from pathlib import Path
 
 def config_dir() -> str:
     """configs/ ships inside the wheel (isda_exp/configs); an editable install uses the repo's."""
+    from .rundir.identity import register_resolvers
+
+    register_resolvers()
     here = Path(__file__).resolve().parent
     for candidate in (here / "configs", here.parents[1] / "configs"):
         if (candidate / "train.yaml").is_file():

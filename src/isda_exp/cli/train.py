@@ -17,12 +17,19 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from .. import rundir
 from ..errors import UserError
 from ..paths import config_dir
-from ..rundir import files as runfiles
-from ..rundir import lock as runlock
-from ..rundir.identity import science_config
-from ..rundir.lock import RunLock, RunLocked, record_elsewhere
+from ..rundir import (
+    Refused,
+    RunLock,
+    RunLocked,
+    averaged,
+    check_same_run,
+    read_record,
+    write_records,
+)
+from ..sweeps.records import record_elsewhere, record_failed
 from ..training import preempt
 from ..training.validate import check_added_keys, check_config, check_known_keys
 
@@ -104,23 +111,23 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def failed(e: Exception, run_dir: Path, sweep_dir: Path | None) -> None:
     """A run that stopped on an error. Bad input: one line, exit 2. A bug: failed.json and the
     traceback. In a sweep: failed.json (unless the command was refused), one line, and the next
-    job goes on; the sweep lists its failed runs at the end (runlock.SweepReport) and exits 1."""
+    job goes on; the sweep lists its failed runs at the end (cli.callbacks.SweepReport) and exits 1."""
     distributed = _distributed()
     user = isinstance(e, UserError)
     text = str(e) if user else f"{type(e).__name__}: {e}"
     info = {"error": text} if user else {"error": text, "traceback": traceback.format_exc()}
     # under several ranks the first to fail tells why; the others follow
     if distributed is not None and distributed.world() > 1 and not user:
-        if not (run_dir / runfiles.FAILED).exists():
+        if not (run_dir / rundir.FAILED).exists():
             _write_failed(run_dir, {**info, "rank": distributed.rank()})
         print(distributed.failure_message(e), file=sys.stderr, flush=True)
         distributed.leave(1)
     if (sweep_dir is not None or not user) and not getattr(e, "recorded", False):
         _write_failed(run_dir, info)
     if sweep_dir is not None:
-        if not runlock.record_failed(sweep_dir, run_dir, text):
+        if not record_failed(sweep_dir, run_dir, text):
             raise e  # no sweep record (our callback is not configured): Hydra reports the job
-        line = f"error: {text}" + ("" if user else f" (traceback in {run_dir / runfiles.FAILED})")
+        line = f"error: {text}" + ("" if user else f" (traceback in {run_dir / rundir.FAILED})")
         if isinstance(e, Refused):  # not into the run's train.log: a refused command changes no file
             print(line, file=sys.stderr, flush=True)
         else:
@@ -149,14 +156,9 @@ def _leave(code: int) -> None:
 def _write_failed(run_dir: Path, info: dict) -> None:
     if run_dir.is_dir():  # never create a run directory just to say it failed
         with contextlib.suppress(OSError, UserError):  # e.g. the disk is full
-            runfiles.write_json(run_dir / runfiles.FAILED, info)
+            rundir.write_json(run_dir / rundir.FAILED, info)
 
 
-class Refused(UserError):
-    """The command does not fit the run in its directory: one line, and no file of the run is
-    changed (no failed.json either: the run itself did not fail)."""
-
-    recorded = True
 
 
 def hydra_record(cfg: DictConfig, hc) -> dict[str, str]:
@@ -185,7 +187,7 @@ def run(cfg: DictConfig, run_dir: Path, record: dict[str, str] | None = None) ->
     # under DDP the ranks of one run share its directory: rank 0 holds the lock for all of them
     lock = RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()
     with lock, preempt.catch_signals():
-        runfiles.remove_stray_temps(run_dir)
+        rundir.remove_stray_temps(run_dir)
         return _run_locked(cfg, run_dir, record or {})
 
 
@@ -193,7 +195,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, record: dict[str, str]) -> dict:
     from ..parallel import distributed
 
     check_same_run(cfg, run_dir)
-    summary_path = run_dir / runfiles.SUMMARY
+    summary_path = run_dir / rundir.SUMMARY
     if summary_path.exists():
         summary = read_record(summary_path, "test_error_last10")
         log.info(f"{run_dir} has already finished (test error, {averaged(summary)}: "
@@ -211,67 +213,16 @@ def _run_locked(cfg: DictConfig, run_dir: Path, record: dict[str, str]) -> dict:
     return summary
 
 
-def write_records(cfg: DictConfig, run_dir: Path, record: dict[str, str]) -> None:
-    """run_config.json (until the run has a checkpoint, which binds it) and Hydra's .hydra/."""
-    if not started(run_dir):
-        runfiles.write_json(run_dir / runfiles.CONFIG, science_config(cfg))
-    for name, text in record.items():
-        runfiles.atomic_write(run_dir / ".hydra" / name, lambda f, t=text: f.write(t.encode()))
 
 
-def started(run_dir: Path) -> bool:
-    return (run_dir / runfiles.CHECKPOINT).exists() or (run_dir / runfiles.SUMMARY).exists()
 
 
-def read_record(path: Path, needed: str | None = None) -> dict:
-    """A run's record (run_config.json, summary.json), or Refused naming the file and the fix."""
-    try:
-        data = runfiles.read_json(path)
-        if not isinstance(data, dict) or (needed and needed not in data):
-            raise ValueError(f"no {needed or 'JSON object'} in it")
-    except (OSError, ValueError) as e:
-        raise Refused(f"{path} cannot be read ({type(e).__name__}: {str(e)[:120]}): this run's "
-                      f"record is damaged, so it is neither resumed nor skipped; restore the file, "
-                      f"or move the run aside (mv {path.parent} {path.parent}.damaged) and run the "
-                      "same command to train it anew") from None
-    return data
 
 
-def averaged(summary: dict) -> str:
-    """What test_error_last10 averages: the last 10 epochs, or all of a shorter run's."""
-    n = min(10, int(summary.get("epochs") or 10))
-    return "mean of the last 10 epochs" if n == 10 else \
-        f"mean of all {n} epoch{'s' if n != 1 else ''}; the run is shorter than 10"
 
 
-def check_same_run(cfg: DictConfig, run_dir: Path) -> None:
-    """A run directory holds one configuration: refuse to resume or skip a different one.
-
-    Only a run that has trained (a checkpoint or a summary) binds its directory, so a command
-    that failed before training can be corrected and run again in place. A trained run whose
-    run_config.json is missing or damaged is refused: its configuration is unknown.
-    """
-    if not started(run_dir):
-        return
-    path = run_dir / runfiles.CONFIG
-    if not path.exists():
-        raise Refused(f"{run_dir} holds a trained run (a checkpoint or summary.json) but no "
-                      f"{runfiles.CONFIG}, so its configuration is unknown and it is not resumed; "
-                      f"move the run aside (mv {run_dir} {run_dir}.unknown) and run the same "
-                      "command to train it anew, or pass out_root=DIR for a new run")
-    stored = read_record(path)
-    diff = [f"{k}: {a!r} -> {b!r}" for k, a, b in _diff(stored, science_config(cfg))]
-    if diff:
-        raise Refused(f"{run_dir} holds a run with another configuration ({'; '.join(diff[:4])}); "
-                      "pass out_root=DIR (or hydra.run.dir=DIR) for a new run, or remove that directory")
 
 
-def _diff(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
-        yield prefix.rstrip("."), a, b
 
 
 def join_ranks(cfg: DictConfig) -> None:

@@ -1,4 +1,4 @@
-"""CIFAR augmentations: normalization, reflect-pad crop + flip, Cutout, AutoAugment.
+"""CIFAR augmentations: reflect-pad crop + flip, Cutout, AutoAugment.
 
 Two pipelines, chosen by ``build_augment``:
 
@@ -9,7 +9,7 @@ Two pipelines, chosen by ``build_augment``:
   (torchvision's AutoAugment works one image at a time); each item is seeded from
   (seed, epoch, index), so results do not depend on worker count or scheduling.
 
-All ops take and return uint8 images in pixel space; :func:`normalize` turns them into float32
+All ops take and return uint8 images in pixel space; isda_exp.data.normalize turns them into float32
 network input at the end (so the Cutout hole is black, value 0, as in the reference).
 """
 
@@ -22,9 +22,6 @@ from torch import Tensor
 
 from ..errors import BadValue
 from ..seeding import ITEM_CROP, ITEM_POLICY, item_seed
-
-CIFAR_MEAN: tuple[float, float, float] = (125.3 / 255, 123.0 / 255, 113.9 / 255)
-CIFAR_STD: tuple[float, float, float] = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 
 AUGMENTATIONS = ("baseline", "cutout", "autoaugment")
 AUTOAUGMENT_FILL = 128
@@ -43,27 +40,6 @@ def _check_generator(generator: torch.Generator, device: torch.device) -> None:
             f"generator is on {generator.device} but the images are on {device}; "
             f"pass torch.Generator(device=images.device)"
         )
-
-
-def normalize(x: Tensor, norm: tuple | None = None) -> Tensor:
-    """uint8 [..., 3, H, W] -> float32 (x/255 - mean)/std on the same device, in one fused pass.
-
-    norm: (mean, std) per RGB channel on the 0-1 scale (an image folder's); None: CIFAR's."""
-    if not isinstance(x, Tensor) or x.dtype != torch.uint8 or x.dim() < 3 or x.shape[-3] != 3:
-        got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"normalize expects uint8 images [..., 3, H, W], got {got}")
-    mean, std = norm if norm is not None else (CIFAR_MEAN, CIFAR_STD)
-    shift, scale = normalizer(tuple(mean), tuple(std), x.device)
-    return torch.addcmul(shift, x.to(torch.float32), scale)
-
-
-@functools.lru_cache(maxsize=None)
-def normalizer(mean: tuple, std: tuple, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(-mean/std, 1/(255 std)) as [3, 1, 1] on device, built once (no host copy per batch):
-    x_float = shift + x_uint8 * scale."""
-    m = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
-    return (-m / s).to(device, torch.float32), (1.0 / (255.0 * s)).to(device, torch.float32)
 
 
 def _reflect(i: Tensor, size: int) -> Tensor:

@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ..data.cifar_augment import normalize
-from ..errors import UserError
+from ..data.normalize import normalize
 from ..rundir.files import disk_errors
 
 CACHE = "cache"

@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..parallel.device import resolve_device
 from . import covariance, directions, features, figures, neighbours, page, source

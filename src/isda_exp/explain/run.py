@@ -9,15 +9,16 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from .. import rundir
 from ..errors import UserError
-from ..rundir import files as runfiles
+from ..rundir.moved import current_targets
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 EXPLAIN = "explain"
 
 
 @dataclass
-class Run:
+class RunSnapshot:
     """What explain needs from a run: where it is, its config, its checkpoint and that file's id."""
 
     path: Path
@@ -31,7 +32,7 @@ class Run:
         return self.path / EXPLAIN
 
 
-def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
+def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> RunSnapshot:
     """The run in `run_dir`; `overrides` (key=value) fix what moved, e.g. dataset.npz=PATH.
 
     .hydra/config.yaml is the full composed config (data paths included); run_config.json holds
@@ -47,26 +48,27 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> Run:
         if not sep or not key:
             raise UserError(f"--set {item!r} must be KEY=VALUE, e.g. --set dataset.npz=data/cifar10.npz")
         OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)  # "null" -> None, "8" -> 8
-    latest = runfiles.load_latest(path)
+    latest = rundir.load_latest(path)
     if latest is None:
-        raise UserError(f"{path} has no checkpoint ({runfiles.CHECKPOINT} or {runfiles.PREVIOUS}); "
+        raise UserError(f"{path} has no checkpoint ({rundir.CHECKPOINT} or {rundir.PREVIOUS}); "
                         "explain needs a trained model: let the run finish its first epoch, or "
                         "pass another run directory")
     checkpoint, ckpt_path = latest
-    return Run(path, cfg, checkpoint, ckpt_path, checkpoint_id(checkpoint))
+    return RunSnapshot(path, cfg, checkpoint, ckpt_path, checkpoint_id(checkpoint))
 
 
 def read_config(path: Path) -> DictConfig:
     config = path / HYDRA_CONFIG
     if not config.is_file():
-        has_run_files = any((path / f).exists() for f in (runfiles.CONFIG, runfiles.CHECKPOINT))
-        hint = (f"it has {runfiles.CONFIG} but not the composed config {HYDRA_CONFIG} (which holds "
+        has_run_files = any((path / f).exists() for f in (rundir.CONFIG, rundir.CHECKPOINT))
+        hint = (f"it has {rundir.CONFIG} but not the composed config {HYDRA_CONFIG} (which holds "
                 "the data's location); train it through `python -m isda_exp` or restore .hydra/"
                 if has_run_files else "pass the folder of one run (it holds .hydra/config.yaml "
                 "and last.pt), e.g. outputs/runs/cifar10/resnet32/baseline/isda/seed0")
         raise UserError(f"{path} is not a run directory: {hint}")
     try:
-        cfg = OmegaConf.load(config)
+        # a run trained before a module moved names it as it is now (interpolations kept)
+        cfg = OmegaConf.create(current_targets(OmegaConf.to_container(OmegaConf.load(config))))
     except Exception as e:  # a YAML error
         raise UserError(f"cannot read {config} ({type(e).__name__}: {e}); restore it from the "
                         "run's Hydra record") from None

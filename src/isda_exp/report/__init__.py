@@ -5,7 +5,7 @@ Usage: ``python -m isda_exp.report RUNS_DIR [--format md|csv|tex] [--table 1|2|3
 
 Data flows one way: runs (loading run directories) -> groups (cells: mean and std across seeds)
 -> compare (method minus baseline, Welch) -> tables (the registry of the paper's Tables 1, 2, 3
-and 5: table12, table35; listing: every group, the comparisons, the runs not averaged) -> render
+and 5: tables_1_2, tables_3_5; listing: every group, the comparisons, the runs not averaged) -> render
 (Markdown, LaTeX, CSV); curves draws Figure 2. Only finished runs are averaged; the others are
 listed apart.
 """
@@ -16,10 +16,10 @@ from .curves import Curve, curve_data, plot_curves
 from .groups import Row, aggregate
 from .listing import format_pending
 from .render import smoke_banner, tex_escape
-from .runs import Key, ReportError, Run, load_runs, read_metrics, select_runs
+from .runs import Key, ReportError, RunRecord, load_runs, read_metrics, select_runs
 from .tables import TABLES, format_comparisons, format_table, table_rows
 
 __all__ = ["Comparison", "Welch", "compare", "welch", "format_comparisons", "Curve", "Key",
-           "ReportError", "Row", "Run", "TABLES", "aggregate", "atomic_write", "build_report",
+           "ReportError", "Row", "RunRecord", "TABLES", "aggregate", "atomic_write", "build_report",
            "curve_data", "format_pending", "format_table", "load_runs", "main", "plot_curves",
            "read_metrics", "select_runs", "smoke_banner", "table_rows", "tex_escape"]

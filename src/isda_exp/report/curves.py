@@ -11,7 +11,7 @@ from typing import Iterable
 from ..rundir.files import METRICS, atomic_write
 from . import paper
 from .groups import group_order
-from .runs import Key, ReportError, Run, load_runs, read_metrics
+from .runs import Key, ReportError, RunRecord, load_runs, read_metrics
 
 
 @dataclass
@@ -32,9 +32,9 @@ METHOD_COLORS = {"baseline": "C0", "isda": "C3", "isda-identity": "C1", "isda-di
                  "isda-shared": "C4", "isda-constant": "C5"}
 
 
-def curve_data(runs: Iterable[Run]) -> list[Curve]:
+def curve_data(runs: Iterable[RunRecord]) -> list[Curve]:
     """Curves of finished and in-progress runs; an epoch averages the seeds that reached it."""
-    per_group: dict[Key, list[tuple[Run, dict[int, float]]]] = defaultdict(list)
+    per_group: dict[Key, list[tuple[RunRecord, dict[int, float]]]] = defaultdict(list)
     for run in runs:
         if run.status == "failed" or run.key is None:
             continue
@@ -54,7 +54,7 @@ def curve_data(runs: Iterable[Run]) -> list[Curve]:
 
 
 def plot_curves(root: str | os.PathLike, out_png: str | os.PathLike,
-                runs: list[Run] | None = None) -> int:
+                runs: list[RunRecord] | None = None) -> int:
     """Figure 2: test error per epoch, one panel per (dataset, model, aug); returns curves drawn."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -9,7 +9,7 @@ from typing import Iterable
 
 from ..rundir import identity
 from . import paper
-from .runs import Key, ReportError, Run, number_or_none
+from .runs import Key, ReportError, RunRecord, number_or_none
 
 DATASET_ORDER = ("cifar10", "cifar100", "synthetic")
 AUG_ORDER = ("baseline", "cutout", "autoaugment")
@@ -42,14 +42,14 @@ class Row:
         return None if self.paper_mean is None else self.error_mean - self.paper_mean
 
 
-def aggregate(runs: Iterable[Run]) -> list[Row]:
+def aggregate(runs: Iterable[RunRecord]) -> list[Row]:
     """Group finished runs by (dataset, model, aug, method/variant), in the paper's order.
 
     Runs of one group must share their whole science config except the seed
     (identity.comparable): a group that would average unlike runs is refused (ReportError naming
     the keys that differ and the runs); a seed finished twice is counted once, with a note.
     """
-    groups: dict[Key, list[Run]] = defaultdict(list)
+    groups: dict[Key, list[RunRecord]] = defaultdict(list)
     for run in runs:
         if run.status == "finished" and run.key is not None:
             groups[run.key].append(run)
@@ -57,7 +57,7 @@ def aggregate(runs: Iterable[Run]) -> list[Row]:
                   key=lambda r: group_order(r.key))
 
 
-def _row(key: Key, members: list[Run], notes: tuple[str, ...]) -> Row:
+def _row(key: Key, members: list[RunRecord], notes: tuple[str, ...]) -> Row:
     errors = [float(r.summary["test_error_last10"]) for r in members]
     n = len(errors)
     mean = math.fsum(errors) / n
@@ -72,7 +72,7 @@ def _row(key: Key, members: list[Run], notes: tuple[str, ...]) -> Row:
                runs=tuple(r.path for r in members), notes=notes)
 
 
-def _members(key: Key, members: list[Run]) -> tuple[list[Run], tuple[str, ...]]:
+def _members(key: Key, members: list[RunRecord]) -> tuple[list[RunRecord], tuple[str, ...]]:
     """The runs to average, one per seed, after checking that they are alike."""
     members = sorted(members, key=lambda r: str(r.path))
     sciences = [r.science for r in members]
@@ -82,7 +82,7 @@ def _members(key: Key, members: list[Run]) -> tuple[list[Run], tuple[str, ...]]:
                           f"report never averages: {_differing(differ, members, sciences)}; move "
                           "the odd runs to another folder (or give them another out_root) and "
                           "report each folder on its own")
-    kept: dict[object, Run] = {}
+    kept: dict[object, RunRecord] = {}
     notes = []
     for run in members:
         seed = run.summary.get("seed")
@@ -94,7 +94,7 @@ def _members(key: Key, members: list[Run]) -> tuple[list[Run], tuple[str, ...]]:
     return list(kept.values()), tuple(notes)
 
 
-def _differing(keys: list[str], members: list[Run], sciences: list[dict]) -> str:
+def _differing(keys: list[str], members: list[RunRecord], sciences: list[dict]) -> str:
     """'key: value (runs), value (runs)' for the first differing keys."""
     parts = []
     for k in keys[:3]:

@@ -24,7 +24,7 @@ from .render import (
     render,
     smoke_banner,
 )
-from .runs import Run
+from .runs import RunRecord
 
 CSV_COLUMNS = ("dataset", "model", "aug", "method", "seeds", "error_mean", "error_std",
                "paper_mean", "paper_std")
@@ -87,7 +87,7 @@ def comparisons_text(comparisons: list[Comparison], fmt: str) -> str:
     return render(grid, fmt, smoke_banner([c.method for c in comparisons]))
 
 
-def format_pending(runs: Iterable[Run], fmt: str = "md", root: str | os.PathLike | None = None,
+def format_pending(runs: Iterable[RunRecord], fmt: str = "md", root: str | os.PathLike | None = None,
                    notes: Iterable[str] = ()) -> str:
     """The runs left out of the averages (in progress, failed) and any group warnings."""
     items = [(_status_text(r), _rel(r.path, root), _detail(r))
@@ -110,11 +110,11 @@ def format_pending(runs: Iterable[Run], fmt: str = "md", root: str | os.PathLike
     return "\n".join(out) + "\n"
 
 
-def _status_text(run: Run) -> str:
+def _status_text(run: RunRecord) -> str:
     return "in progress" if run.status == "in_progress" else run.status
 
 
-def _detail(run: Run) -> str:
+def _detail(run: RunRecord) -> str:
     """Last logged epoch, and for a failed run its error message squeezed onto one line."""
     epoch = f"last epoch {run.last_epoch}" if run.last_epoch is not None else "no epoch logged"
     if run.status != "failed":

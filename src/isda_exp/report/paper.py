@@ -1,11 +1,13 @@
 """Published test errors of the ISDA paper (NeurIPS 2019), as plain data.
 
-Source: Tables 1, 2 and 5 as collected in RECIPES.md (Shake-Shake rows of Table 1 come from the
-TPAMI version). Values are test error in percent, ``(mean, std)``; ``std`` is None where the paper
+Source: the paper's Tables 1, 2, 3 and 5 (docs/recipes.md lists each number with its source;
+the Shake-Shake rows of Table 1 come from the journal version, TPAMI 2021, arXiv 2007.10538). Values are test error in percent, ``(mean, std)``; ``std`` is None where the paper
 gives a single number. Keys are ``(dataset, model, aug, method)`` with the registry's model names
 and the report's method labels ("baseline", "isda", "isda-<variant>").
 """
 from __future__ import annotations
+
+from ..rundir.identity import RECIPE_DROPOUT, method_label
 
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "synthetic": "Synthetic"}
 DATASET_SHORT = {"cifar10": "C10", "cifar100": "C100", "synthetic": "Synth"}
@@ -91,27 +93,6 @@ def _build() -> dict[tuple[str, str, str, str], tuple[float, float | None]]:
 PAPER = _build()
 TABLE1_MODELS = tuple(_TABLE1)
 TABLE2_MODELS = ("wrn28_10", "shake26_2x32d", "shake26_2x112d")
-
-
-# Dropout that is part of a model's own recipe (configs/model/*.yaml): running at this rate is
-# the plain method, not "+dropout" (Table 1's WRN-28-10 cells are baseline/isda at 0.3).
-RECIPE_DROPOUT = {"wrn28_10": 0.3}
-
-
-def method_label(method: str, variant: str | None = None, model: str | None = None,
-                 drop_rate: float | None = 0.0) -> str:
-    """The one label of a run's method: the run directory's method part and the report's group.
-
-    method: "baseline", "isda" or a loss (focal, ...); plain ISDA is "isda" whether variant is
-    None or "full", else "isda-<variant>". "+dropout" is added when drop_rate > 0 differs from the
-    model's recipe rate (Table 3's "Basic + Dropout", "ISDA + Dropout"), "+nodropout" when a
-    recipe's dropout is switched off.
-    """
-    label = method if method != "isda" or variant in (None, "full") else f"isda-{variant}"
-    rate, recipe = float(drop_rate or 0.0), RECIPE_DROPOUT.get(model, 0.0)
-    if rate != recipe:
-        label += "+dropout" if rate > 0 else "+nodropout"
-    return label
 
 
 def paper_number(dataset: str, model: str, aug: str, method: str) -> tuple[float, float | None] | None:

@@ -18,6 +18,7 @@ from typing import Iterable
 from ..errors import UserError
 from ..rundir import identity
 from ..rundir.files import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY
+from ..rundir.moved import current_targets
 from . import paper
 
 RUN_MARKERS = frozenset({SUMMARY, FAILED, METRICS, CHECKPOINT, CONFIG})
@@ -42,7 +43,7 @@ class ReportError(UserError, ValueError):
 
 
 @dataclass
-class Run:
+class RunRecord:
     """One run directory and what its files say."""
 
     path: Path
@@ -92,7 +93,7 @@ def number_or_none(value) -> float | None:
     return value
 
 
-def load_runs(root: str | os.PathLike) -> list[Run]:
+def load_runs(root: str | os.PathLike) -> list[RunRecord]:
     """Every run directory under ``root`` (recursively), sorted by path."""
     root = Path(root)
     if not root.is_dir():
@@ -109,7 +110,7 @@ def load_runs(root: str | os.PathLike) -> list[Run]:
     return sorted(runs, key=lambda r: str(r.path))
 
 
-def _read_run(path: Path, names: set[str]) -> Run:
+def _read_run(path: Path, names: set[str]) -> RunRecord:
     last = _last_epoch(path / METRICS) if METRICS in names else None
     config = None
     if CONFIG in names:
@@ -121,17 +122,17 @@ def _read_run(path: Path, names: set[str]) -> Run:
             summary = _read_json(path / SUMMARY)
             key = _summary_key(summary)
         except (OSError, ValueError) as exc:
-            return Run(path, "failed", last_epoch=last, key=key, config=config,
+            return RunRecord(path, "failed", last_epoch=last, key=key, config=config,
                        error=f"unreadable summary.json: {exc}")
-        return Run(path, "finished", summary, key, last_epoch=summary.get("epochs", last), config=config)
+        return RunRecord(path, "finished", summary, key, last_epoch=summary.get("epochs", last), config=config)
     if FAILED in names:
         try:
             info = _read_json(path / FAILED)
             error = str(info.get("error", "no error message in failed.json"))
         except (OSError, ValueError) as exc:
             error = f"unreadable failed.json: {exc}"
-        return Run(path, "failed", key=key, last_epoch=last, error=error, config=config)
-    return Run(path, "in_progress", key=key, last_epoch=last, config=config)
+        return RunRecord(path, "failed", key=key, last_epoch=last, error=error, config=config)
+    return RunRecord(path, "in_progress", key=key, last_epoch=last, config=config)
 
 
 def _read_json(path: Path) -> dict:
@@ -139,7 +140,7 @@ def _read_json(path: Path) -> dict:
         data = json.load(fh)
     if not isinstance(data, dict):
         raise ValueError(f"{path.name} holds {type(data).__name__}, expected a JSON object")
-    return data
+    return current_targets(data)  # a record written before a module moved names it as it is now
 
 
 def _summary_key(summary: dict) -> Key:
@@ -200,7 +201,7 @@ def _last_epoch(path: Path) -> int | None:
     return max(epochs) if epochs else None
 
 
-def select_runs(runs: Iterable[Run], **wanted: Iterable[str] | None) -> list[Run]:
+def select_runs(runs: Iterable[RunRecord], **wanted: Iterable[str] | None) -> list[RunRecord]:
     """Runs whose key matches every given filter (dataset/model/aug/method); keyless runs stay."""
     fields = ("dataset", "model", "aug", "method")
     out = []

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from .groups import aggregate
-from .runs import Run
+from .runs import RunRecord
 
 # model -> (label, {method dir: (top-1, top-5) error % in the paper's Table 4})
 PAPER_TABLE4 = {
@@ -23,7 +23,7 @@ PAPER_TABLE4 = {
 METHODS = (("baseline", "Basic"), ("isda-diagonal", "ISDA"))
 
 
-def table4_runs(runs: list[Run]) -> list[dict]:
+def table4_runs(runs: list[RunRecord]) -> list[dict]:
     """One row per finished run: model, method, seed, the last epoch's top-1/top-5 validation
     error and the per-epoch curves. Groups of unlike runs are refused first (aggregate)."""
     aggregate(runs)  # raises ReportError for a group mixing science configs

@@ -1,11 +1,12 @@
-"""The files of a run directory (a contract the report builds on), each written atomically.
+"""The files of a run directory (a contract the report and explain build on), written atomically.
 
-metrics.jsonl  one JSON object per finished epoch
+metrics.jsonl  one JSON object per finished epoch (logs.MetricsLog)
 summary.json   written once when the run has finished
 failed.json    written when a run stopped on an error (removed when it is started again)
-last.pt        the checkpoint, replaced atomically after every epoch (and on preemption, mid-epoch)
-last.prev.pt   the checkpoint before it: the fallback when last.pt does not load
-.lock          held (flock) by the process training the run; says who that is
+run_config.json the run's science config: what a resumed run must match (records)
+last.pt        the checkpoint, replaced atomically after every epoch and on preemption, mid-epoch
+last.prev.pt   the checkpoint before it: the fallback when last.pt does not load (checkpoint_files)
+.lock          held (flock) by the process training the run; says who that is (lock)
 tb/            TensorBoard scalars
 """
 from __future__ import annotations
@@ -14,10 +15,8 @@ import contextlib
 import errno
 import io
 import json
-import logging
 import math
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -27,14 +26,11 @@ from ..errors import UserError
 METRICS, SUMMARY, FAILED, CHECKPOINT, CONFIG = (
     "metrics.jsonl", "summary.json", "failed.json", "last.pt", "run_config.json")
 PREVIOUS = "last.prev.pt"
-CHECKPOINT_KEYS = ("epoch", "history", "wall_time", "model", "classifier", "optimizer", "scheduler",
-                   "scaler", "rng")
 DISK_ERRORS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                errno.EROFS: "read-only file system", errno.EFBIG: "file size limit exceeded",
                errno.EACCES: "permission denied", errno.EPERM: "permission denied",
                errno.ENOTDIR: "a file stands where a folder should be",
                errno.EEXIST: "a file stands where a folder should be"}
-log = logging.getLogger("isda_exp")
 
 
 @contextlib.contextmanager
@@ -102,46 +98,6 @@ def read_json(path: Path):
         return json.load(f)
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Replace `path` atomically, keeping the checkpoint it replaces as last.prev.pt.
-
-    The state is serialised in memory first: torch.save into a file hides the errno of a failed
-    write (a full disk would read "unexpected pos"). The new file is written completely before
-    anything is rotated, so a failed save changes nothing; the previous file is then hard-linked,
-    so a last.pt exists at every instant; the directory is fsynced so the renames survive a crash.
-    """
-    import torch  # here, so that reading run files (the report) does not import torch
-
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    with disk_errors(path):
-        tmp = _write_temp(path, lambda f: f.write(buf.getbuffer()))
-        try:
-            if path.exists():
-                _keep_previous(path)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-    fsync_dir(path.parent)
-
-
-def _keep_previous(path: Path) -> None:
-    """last.pt -> last.prev.pt by a hard link (a copy where links are not supported)."""
-    previous, link = path.with_name(PREVIOUS), path.with_name(f".{PREVIOUS}.link.tmp")
-    link.unlink(missing_ok=True)
-    if previous.exists() and os.path.samefile(path, previous):
-        previous.unlink()  # a rename onto another link of the same file would do nothing
-    try:
-        os.link(path, link)
-    except OSError as e:
-        if e.errno in DISK_ERRORS:
-            raise
-        shutil.copyfile(path, link)  # a file system without hard links
-    os.replace(link, previous)
-
-
 def fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
         fd = os.open(folder, os.O_RDONLY)
@@ -149,54 +105,6 @@ def fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint as data: tensors and plain Python values only, never code (weights_only)."""
-    import torch
-
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise ValueError("not an isda-exp checkpoint (fields missing)")
-    return ckpt
-
-
-def why_unloadable(path: Path, error: Exception) -> str:
-    """One line on why a checkpoint did not load."""
-    text = str(error).strip()
-    if "Weights only load failed" in text or "Unsupported global" in text or \
-            type(error).__name__ == "UnpicklingError":
-        return "it holds objects other than tensors and plain values (code?), refused"
-    if isinstance(error, FileNotFoundError):
-        return "it does not exist"
-    first = text.splitlines()[0] if text else type(error).__name__
-    return f"{type(error).__name__}: {first[:200]}"
-
-
-def load_latest(run_dir: Path) -> tuple[dict, Path] | None:
-    """The newest checkpoint that loads (last.pt, else last.prev.pt), or None for a fresh run.
-
-    A last.pt that does not load falls back to last.prev.pt with a warning naming both; if
-    neither loads, one UserError naming the files and the fix (nothing is deleted).
-    """
-    paths = [run_dir / CHECKPOINT, run_dir / PREVIOUS]
-    present = [p for p in paths if p.exists()]
-    if not present:
-        return None
-    failures = []
-    for path in present:
-        try:
-            ckpt = load_checkpoint(path)
-        except Exception as e:  # truncated, garbage, crafted: all mean "not usable"
-            failures.append(f"{path} ({why_unloadable(path, e)})")
-            continue
-        if failures:
-            log.warning(f"warning: cannot load {failures[0]}; resuming from the previous checkpoint "
-                        f"{path} instead")
-        return ckpt, path
-    names = " and ".join(p.name for p in present)
-    raise UserError(f"cannot load the checkpoint {' nor '.join(failures)}; restore it from a backup, "
-                    f"or move {names} out of {run_dir} to train the run again from epoch 0")
 
 
 def remove_stray_temps(run_dir: Path) -> list[Path]:
@@ -208,27 +116,6 @@ def remove_stray_temps(run_dir: Path) -> list[Path]:
     return stray
 
 
-class RunLog(logging.FileHandler):
-    """train.log (Hydra's job logging): opened at the first record, so a command refused before
-    it logs leaves no file; a directory that cannot be written drops the file log in silence
-    instead of printing a logging traceback (the run then stops with one line at its first write)."""
-
-    def __init__(self, filename: str, mode: str = "a", encoding: str | None = None):
-        super().__init__(filename, mode, encoding, delay=True)
-        self.broken = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.broken:
-            return
-        try:
-            super().emit(record)
-        except OSError:
-            self.broken = True
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        self.broken = True
-
-
 def check_writable(folder: Path) -> None:
     """Create `folder` and write a probe file in it: one UserError line if it cannot be written."""
     folder = Path(folder)
@@ -237,37 +124,6 @@ def check_writable(folder: Path) -> None:
         fd, probe = tempfile.mkstemp(prefix=".write_probe.", suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(probe)
-
-
-class MetricsLog:
-    """metrics.jsonl and TensorBoard, in step with the checkpoint's history after a resume."""
-
-    def __init__(self, run_dir: Path, history: list[dict], tensorboard: bool):
-        self.path = run_dir / METRICS
-        # the checkpoint's history is the truth: drop lines of an epoch that was not checkpointed
-        atomic_write(self.path, lambda f: f.write("".join(_line(r) for r in history).encode()))
-        self.writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=len(history) + 1 if history else None)
-
-    def append(self, row: dict) -> None:
-        with disk_errors(self.path), open(self.path, "a") as f:
-            f.write(_line(row))
-        if self.writer is not None:
-            for key, value in row.items():
-                if key != "epoch" and not isinstance(value, str):  # eval_split is not a scalar
-                    self.writer.add_scalar(key, value, row["epoch"])
-            self.writer.flush()
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def _line(row: dict) -> str:
-    return json.dumps(finite(row), allow_nan=False) + "\n"
 
 
 def run_path(out_root: str | os.PathLike, dataset: str, model: str, aug: str, method: str,

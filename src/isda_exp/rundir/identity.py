@@ -12,7 +12,26 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..report.paper import RECIPE_DROPOUT, method_label
+# Dropout that is part of a model's own recipe (configs/model/*.yaml): running at this rate is
+# the plain method, not "+dropout" (Table 1's WRN-28-10 cells are baseline/isda at 0.3).
+RECIPE_DROPOUT = {"wrn28_10": 0.3}
+
+
+def method_label(method: str, variant: str | None = None, model: str | None = None,
+                 drop_rate: float | None = 0.0) -> str:
+    """The one label of a run's method: the run directory's method part and the report's group.
+
+    method: "baseline", "isda" or a loss (focal, ...); plain ISDA is "isda" whether variant is
+    None or "full", else "isda-<variant>". "+dropout" is added when drop_rate > 0 differs from the
+    model's recipe rate (Table 3's "Basic + Dropout", "ISDA + Dropout"), "+nodropout" when a
+    recipe's dropout is switched off.
+    """
+    label = method if method != "isda" or variant in (None, "full") else f"isda-{variant}"
+    rate, recipe = float(drop_rate or 0.0), RECIPE_DROPOUT.get(model, 0.0)
+    if rate != recipe:
+        label += "+dropout" if rate > 0 else "+nodropout"
+    return label
+
 
 PLAIN_CE = "isda_exp.losses.CrossEntropy"  # losses.PLAIN_CE, named here so the report needs no torch
 # summary.json fields of a run from before summary.json held "science", as science keys
@@ -29,6 +48,14 @@ OLD_SUMMARY_FIELDS = {"epochs": "trainer.epochs", "batch_size": "trainer.batch_s
 def dir_label(isda_name: str, model: str, drop_rate) -> str:
     """The run directory's method part, from the config values the run_name resolver sees."""
     return method_label(str(isda_name), None, str(model), drop_rate)
+
+
+def register_resolvers() -> None:
+    """${method_dir:isda_name,model,drop_rate} in configs/train.yaml's run_name: the run
+    directory's method part. Registered by isda_exp.paths.config_dir, which every composition of
+    the configs goes through."""
+    if not OmegaConf.has_resolver("method_dir"):
+        OmegaConf.register_new_resolver("method_dir", dir_label)
 
 
 def config_label(config) -> str:

@@ -10,8 +10,8 @@ process: a worker outliving a kill -9 by a few seconds does not refuse the resum
 The holder writes its host, pid and start time into the file, so a second process can say who
 holds the run.
 
-A sweep job that finds its run locked (another sweep, another array job) does not fail the
-sweep: it is recorded, and `SweepReport` (a Hydra callback) lists such runs at the end.
+A sweep job that finds its run locked does not fail the sweep: isda_exp.sweeps.records notes it
+and the sweep lists it at its end (isda_exp.cli.callbacks.SweepReport).
 """
 from __future__ import annotations
 
@@ -22,18 +22,13 @@ import json
 import logging
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-
 from ..errors import UserError
-from .files import check_writable, disk_errors
+from .files import disk_errors
 
 LOCK = ".lock"
-SWEEP_ENV = "ISDA_EXP_SWEEP_ID"
-SWEEP_DIR = ".isda_sweeps"
 log = logging.getLogger("isda_exp")
 _HELD: set[int] = set()  # the lock descriptors this process took (a fork's child: none)
 
@@ -113,95 +108,3 @@ def read_holder(path: Path) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-
-
-# ---------------------------------------------------------------- sweeps
-
-
-def record_elsewhere(sweep_dir: Path, error: RunLocked) -> bool:
-    """In a sweep: note a run that another process trains, for `SweepReport` to list."""
-    return record(sweep_dir, "elsewhere", {"run": str(error.run_dir), "holder": error.holder})
-
-
-def record_failed(sweep_dir: Path, run_dir: Path, error: str) -> bool:
-    """In a sweep: note a run that failed, for `SweepReport` to list at the end."""
-    return record(sweep_dir, "failed", {"run": str(run_dir), "error": error})
-
-
-def record(sweep_dir: Path, kind: str, row: dict) -> bool:
-    sweep_id = os.environ.get(SWEEP_ENV)
-    if not sweep_id:
-        return False
-    path = Path(sweep_dir) / SWEEP_DIR / f"{sweep_id}.{kind}"
-    with contextlib.suppress(OSError):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as f:  # one short line per append: whole lines even from many jobs
-            f.write(json.dumps(row) + "\n")
-        return True
-    return False
-
-
-def _take(sweep_dir: Path, sweep_id: str, kind: str) -> list[dict]:
-    """The rows a sweep recorded of one kind; the record is removed."""
-    path = Path(sweep_dir) / SWEEP_DIR / f"{sweep_id}.{kind}"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            rows.append(json.loads(line))
-    path.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        path.parent.rmdir()  # only when no other sweep has a record there
-    return rows
-
-
-class SweepReport(Callback):
-    """Hydra callback: give the sweep an id its jobs inherit; at its end, list the runs skipped
-    because another process was training them ("running elsewhere") and the runs that failed,
-    then exit with status 1 if any failed (one line each, no traceback)."""
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        os.environ[SWEEP_ENV] = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_id = os.environ.pop(SWEEP_ENV, None)
-        if not sweep_id:
-            return
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows, failed = _take(sweep_dir, sweep_id, "elsewhere"), _take(sweep_dir, sweep_id, "failed")
-        if rows:
-            log.warning(f"{len(rows)} run(s) running elsewhere, not trained by this sweep "
-                        "(run the sweep again later to pick up any that did not finish):")
-            for r in rows:
-                log.warning(f"  running elsewhere: {r['run']} ({r['holder']})")
-        if failed:
-            log.error(f"{len(failed)} run(s) of this sweep failed (the others ran; fix the cause "
-                      "and run the sweep again: finished runs are skipped):")
-            for r in failed:
-                log.error(f"  failed: {r['run']}: {r['error']}")
-            sys.stdout.flush()
-            sys.exit(1)
-
-
-class WritableOutput(Callback):
-    """Hydra callback: an output directory that cannot be written is one line and exit 2, before
-    Hydra creates the run's folder (which would otherwise end in Hydra's traceback)."""
-
-    def on_run_start(self, config, **kwargs) -> None:
-        self._check(config, "run")
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        self._check(config, "sweep")
-
-    @staticmethod
-    def _check(config, mode: str) -> None:
-        try:
-            folder = Path(str(config.hydra[mode].dir))
-        except Exception:  # an interpolation that does not resolve: Hydra says so itself
-            return
-        try:
-            check_writable(folder)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
-from ..report.runs import ReportError, Run, load_runs
+from ..report.runs import ReportError, RunRecord, load_runs
 from ..rundir.files import CONFIG
 from ..rundir.identity import flatten
 
@@ -50,10 +50,10 @@ def lookup(config: dict, dotted: str):
     return node
 
 
-def collect(root, param: str) -> tuple[list[Value], list[tuple[Run, str]]]:
+def collect(root, param: str) -> tuple[list[Value], list[tuple[RunRecord, str]]]:
     """(values with their finished hold-out runs, sorted; runs left out with the reason)."""
     values: dict[object, Value] = {}
-    left_out: list[tuple[Run, str]] = []
+    left_out: list[tuple[RunRecord, str]] = []
     reference: tuple[Path, dict] | None = None
     for run in load_runs(root):
         config = run.config  # run_config.json, read once by load_runs
@@ -91,7 +91,7 @@ def choose(values: list[Value]) -> Value:
     return min(values, key=lambda v: v.mean)  # min keeps the first of equal keys
 
 
-def render(root, param: str, values: list[Value], left_out: list[tuple[Run, str]]) -> str:
+def render(root, param: str, values: list[Value], left_out: list[tuple[RunRecord, str]]) -> str:
     lines = [f"hold-out search over {param} in {root}: mean ± std (n-1) of the last-10-epoch "
              "hold-out error (%) across seeds", "",
              f"| {param} | seeds | hold-out error | per seed |", "|---|---:|---:|---|"]

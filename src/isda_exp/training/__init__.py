@@ -4,7 +4,7 @@ the summary, and stop signals (preempt.py). Names load on first use: the command
 validate and preempt without torch."""
 import importlib
 
-_EXPORTS = {"Trainer": "trainer", "Diverged": "trainer", "build_run": "build", "Run": "build",
+_EXPORTS = {"Trainer": "trainer", "Diverged": "trainer", "build_run": "build", "RunObjects": "build",
             "Engine": "engine", "lr_factor": "schedule", "check_config": "validate"}
 __all__ = list(_EXPORTS)
 

@@ -1,7 +1,7 @@
 """Config -> objects: the one place a run's config becomes the objects it trains with.
 
 Every `_target_` in the configs is instantiated here, through `build`; `build_run` returns all of
-a run's objects as one `Run`, which the loop (isda_exp.training.trainer) receives whole.
+a run's objects as one `RunObjects`, which the loop (isda_exp.training.trainer) receives whole.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from .validate import check_config
 
 
 @dataclass
-class Run:
+class RunObjects:
     """A run's objects: what the loop trains (engine), on what (streams), for how long, how."""
 
     device: torch.device
@@ -41,7 +41,7 @@ class Run:
     eval_batch_size: int
 
 
-def build_run(cfg: DictConfig) -> Run:
+def build_run(cfg: DictConfig) -> RunObjects:
     """Check the config, then build the run's objects in a fixed order (the order draws the
     initial weights from the seeded RNG, so it is part of the results)."""
     check_config(cfg)
@@ -71,7 +71,7 @@ def build_run(cfg: DictConfig) -> Run:
     rank, world = distributed.rank(), distributed.world()
     train = data.train_stream(build(cfg.aug), batch_size, seed, device, resolve_workers(t.num_workers),
                               rank, world)
-    return Run(device, epochs, batch_size, seed, data, train, data.eval_stream(device, rank, world),
+    return RunObjects(device, epochs, batch_size, seed, data, train, data.eval_stream(device, rank, world),
                engine, scheduler, isda_lambda(cfg, epochs), int(t.eval_batch_size))
 
 

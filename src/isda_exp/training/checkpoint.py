@@ -1,4 +1,4 @@
-"""What a checkpoint holds and how a run is put back from it (runfiles writes and reads the file).
+"""What a checkpoint holds and how a run is put back from it (isda_exp.rundir writes and reads the file).
 
 Everything is tensors and plain values, so a checkpoint loads with torch.load(weights_only=True):
 the model, classifier, optimizer, schedule, the criterion's state (ISDA statistics, centre-loss

@@ -14,7 +14,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ..data.cifar_augment import normalize
+from ..data.normalize import normalize
 from ..parallel import distributed
 from .checkpoint import rng_states, set_rng_states
 

@@ -14,13 +14,13 @@ import torch
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from .. import rundir
 from ..errors import UserError
 from ..parallel import distributed
-from ..rundir import files as runfiles
 from ..rundir.identity import science_config
 from ..seeding import train_noise_seed
 from . import checkpoint, preempt
-from .build import Run, build_run
+from .build import RunObjects, build_run
 from .summary import summarise
 
 log = logging.getLogger("isda_exp")
@@ -37,7 +37,7 @@ class Diverged(UserError):
 class Trainer:
     """Trains one run in `run_dir`: `fit()` starts it, or resumes it from its checkpoint."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, run: Run | None = None):
+    def __init__(self, cfg: DictConfig, run_dir: Path, run: RunObjects | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.run = build_run(cfg) if run is None else run
         self.engine, self.stream, self.epochs = self.run.engine, self.run.train, self.run.epochs
@@ -52,8 +52,8 @@ class Trainer:
         start, resume = self._resume()
         main = distributed.is_main()
         if main:
-            (self.run_dir / runfiles.FAILED).unlink(missing_ok=True)
-        metrics = runfiles.MetricsLog(self.run_dir, self.history, bool(self.cfg.trainer.tensorboard)) \
+            (self.run_dir / rundir.FAILED).unlink(missing_ok=True)
+        metrics = rundir.MetricsLog(self.run_dir, self.history, bool(self.cfg.trainer.tensorboard)) \
             if main else None
         try:
             for epoch in range(start, self.epochs):
@@ -68,13 +68,13 @@ class Trainer:
                 metrics.close()
         summary = summarise(self.cfg, self.run, self.history, self.wall)
         if main:
-            runfiles.write_json(self.run_dir / runfiles.SUMMARY, summary)
+            rundir.write_json(self.run_dir / rundir.SUMMARY, summary)
         return summary
 
     def _resume(self) -> tuple[int, dict | None]:
         """The first epoch to train and, mid-epoch, how far into it the checkpoint got."""
         self.history, self.wall, self.last_save = [], 0.0, time.monotonic()
-        latest = runfiles.load_latest(self.run_dir)
+        latest = rundir.load_latest(self.run_dir)
         if latest is None:
             return 0, None
         ckpt, _ = latest
@@ -153,7 +153,7 @@ class Trainer:
 
     def _diverged(self, epoch: int, step: int, what: str):
         cfg = self.cfg
-        kept = "the last good checkpoint last.pt is kept" if (self.run_dir / runfiles.CHECKPOINT).exists() \
+        kept = "the last good checkpoint last.pt is kept" if (self.run_dir / rundir.CHECKPOINT).exists() \
             else "no checkpoint was written"
         advice = f"a lower model.recipe.lr (now {cfg.model.recipe.lr})"
         if cfg.isda.loss is not None:
@@ -161,7 +161,7 @@ class Trainer:
         msg = (f"training diverged in epoch {epoch + 1}/{self.epochs} at step {step}/{len(self.stream)} "
                f"({what}); {kept}. Try {advice}, in a new out_root=DIR")
         if distributed.is_main():  # rank 0 alone writes the run's files
-            runfiles.write_json(self.run_dir / runfiles.FAILED, {
+            rundir.write_json(self.run_dir / rundir.FAILED, {
                 "error": msg, "reason": "diverged", "epoch": epoch + 1, "step": step, "what": what,
                 "precision": cfg.trainer.precision})
         raise Diverged(msg)
@@ -193,7 +193,7 @@ class Trainer:
         """Rank 0 writes; the caller has checked the weights (never replace the last good
         checkpoint with non-finite weights)."""
         if distributed.is_main():
-            runfiles.save_checkpoint(self.run_dir / runfiles.CHECKPOINT, state)
+            rundir.save_checkpoint(self.run_dir / rundir.CHECKPOINT, state)
         self.last_save = time.monotonic()
 
     def _save_partial(self, epoch: int, partial: dict) -> None:
@@ -210,7 +210,7 @@ class Trainer:
         if not signum:
             return
         msg = (f"stopped by {preempt.name(signum)} {where}: checkpoint written to "
-               f"{self.run_dir / runfiles.CHECKPOINT}; run the same command to resume")
+               f"{self.run_dir / rundir.CHECKPOINT}; run the same command to resume")
         log.info(msg)
         raise preempt.Preempted(signum, msg)
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ... import seeding
-from .transforms import IMAGENET_MEAN, IMAGENET_STD
+from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 from ...errors import UserError
 from .device_decode import DeviceDecodeLoader, check_decode
 from ..subsets import class_balanced_holdout, seeded_subset

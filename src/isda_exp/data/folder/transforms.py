@@ -1,6 +1,6 @@
 """ImageNet-style transforms on uint8 image tensors [3, H, W]: RandomResizedCrop + flip (training)
-and resize-short-side + centre crop (evaluation); ImageNet's normalisation constants (applied by
-isda_exp.data.normalize).
+and resize-short-side + centre crop (evaluation); the network input is normalised later, with the
+data set's constants (isda_exp.data.normalize).
 
 The random draws are torchvision's, made from a caller's generator instead of torch's global RNG:
 `random_resized_crop_box` is `torchvision.transforms.RandomResizedCrop.get_params` line for line
@@ -15,9 +15,6 @@ import math
 import torch
 from torch import Tensor
 from torchvision.transforms.v2 import functional as TF
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def random_resized_crop_box(height: int, width: int, scale, ratio,
