@@ -357,7 +357,7 @@ def test_torchrun_writes_once_resumes_after_kill_9_or_sigterm_and_finishes_on_ev
 INJECT_FAILURE = """
 import os
 if os.environ.get("RANK") == "1":  # torchrun's rank 1 only: its third training step raises
-    from isda_exp import engine
+    from isda_exp.training import engine
     _step, _calls = engine.Engine.train_step, []
 
     def _failing(self, *args, **kwargs):
