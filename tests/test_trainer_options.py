@@ -55,6 +55,39 @@ def isda_features(trainer: Trainer, x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------ precision
 
 
+@pytest.mark.parametrize("flags, expected", [(["avx2", "fma"], "fp32"), (["avx2", "avx512_bf16"], "bf16"),
+                                             (["amx_bf16", "amx_tile"], "bf16"), ([], "fp32")])
+def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, flags, expected):
+    from isda_exp.parallel import device as dev
+
+    monkeypatch.setattr(dev, "cpu_flags", lambda: flags)
+    assert dev.resolve_precision("auto", torch.device("cpu")) == expected
+    assert dev.resolve_precision("fp16", torch.device("cpu")) == "fp16"  # an explicit choice stays
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert dev.resolve_precision("auto", torch.device("cuda")) == "bf16"
+
+
+def test_auto_precision_is_recorded_as_the_precision_used(tmp_path, cli_here):
+    """The summary and run_config.json hold the resolved precision, so the same command with that
+    precision named is the same (finished) run, and the other precision is refused."""
+    from isda_exp.parallel.device import resolve_precision
+
+    used = resolve_precision("auto", torch.device("cpu"))
+    args = [*TINY, QUICK, "device=cpu", "out_root=runs"]
+    cli_here(*args, "trainer.precision=auto")
+    (summary,) = (tmp_path / "runs").rglob("summary.json")
+    record = json.loads(summary.read_text())
+    assert record["precision"] == used and record["science"]["trainer"]["precision"] == used
+    stored = json.loads((summary.parent / "run_config.json").read_text())
+    assert stored["trainer"]["precision"] == used
+    again = cli_here(*args, f"trainer.precision={used}")
+    assert "has already finished" in again.stdout
+    other = "fp32" if used == "bf16" else "bf16"
+    refused = cli_here(*args, f"trainer.precision={other}", check=False)
+    assert refused.returncode == 2 and "trainer.precision" in refused.stderr
+
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_each_precision_trains_and_isda_statistics_stay_float32(tmp_path, precision):
     # fp16 autocast is ~20x slower than fp32 on a CPU without fp16 arithmetic: keep the run small

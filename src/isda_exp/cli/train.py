@@ -181,8 +181,9 @@ def run(cfg: DictConfig, run_dir: Path, record: dict[str, str] | None = None) ->
     """
     check_config(cfg)
     from ..parallel import distributed
-    from ..training.build import check_buildable
+    from ..training.build import check_buildable, resolve_auto
 
+    resolve_auto(cfg)  # precision=auto -> what this device runs: the science config holds that
     check_buildable(cfg)  # isda=on with loss=focal, aug=cutout without a hole, ...: before any work
     # under DDP the ranks of one run share its directory: rank 0 holds the lock for all of them
     lock = RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()

@@ -1,4 +1,5 @@
-"""The one place a `device=` value becomes a torch.device (one process, or one rank of several)."""
+"""The one place a `device=` value becomes a torch.device (one process, or one rank of several),
+and where `trainer.precision=auto` learns what the device computes natively."""
 from __future__ import annotations
 
 import torch
@@ -31,3 +32,33 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return "cpu"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated (on an AVX2 CPU about 10x slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    return bool(set(cpu_flags()) & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags as Linux lists them (/proc/cpuinfo); [] where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return []
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """trainer.precision as a run trains with it: auto -> bf16 where the device has native bf16,
+    else fp32; fp32, bf16 and fp16 as given."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"

@@ -16,7 +16,7 @@ from ..data.streams import DataSource, EvalStream, TrainStream, resolve_workers
 from ..errors import UserError
 from ..losses import PLAIN_CE, isda_ratio, loss_name
 from ..parallel import distributed
-from ..parallel.device import resolve_device
+from ..parallel.device import resolve_device, resolve_precision
 from ..parallel.sync_batchnorm import sync_batchnorm
 from ..seeding import init_seed
 from .engine import Engine
@@ -46,6 +46,7 @@ def build_run(cfg: DictConfig) -> RunObjects:
     initial weights from the seeded RNG, so it is part of the results)."""
     check_config(cfg)
     check_loss(cfg)
+    resolve_auto(cfg)
     t = cfg.trainer
     if t.threads:
         torch.set_num_threads(int(t.threads))
@@ -73,6 +74,15 @@ def build_run(cfg: DictConfig) -> RunObjects:
                               rank, world)
     return RunObjects(device, epochs, batch_size, seed, data, train, data.eval_stream(device, rank, world),
                engine, scheduler, isda_lambda(cfg, epochs), int(t.eval_batch_size))
+
+
+def resolve_auto(cfg: DictConfig) -> None:
+    """trainer.precision=auto becomes, in the config itself, the precision the run trains with:
+    bf16 where the device computes it natively (CUDA, CPUs with AVX512-BF16 or AMX), else fp32.
+    The science config and the summary then hold the precision actually used, so an auto run
+    and an explicit run of the same precision are the same run."""
+    if cfg.trainer.precision == "auto":
+        cfg.trainer.precision = resolve_precision("auto", resolve_device(str(cfg.device)))
 
 
 def isda_lambda(cfg: DictConfig, epochs: int) -> Callable[[int], float]:

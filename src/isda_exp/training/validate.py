@@ -44,7 +44,7 @@ RULES: dict[str, tuple[str, object]] = {
     "trainer.eval_batch_size": POSITIVE_INT,
     "trainer.num_workers": ("auto or an integer >= 0", lambda v: v == "auto" or _int_at_least(0)(v)),
     "trainer.threads": ("null (torch's default) or an integer >= 1", _optional(_int_at_least(1))),
-    "trainer.precision": ("fp32, bf16 or fp16", lambda v: v in ("fp32", "bf16", "fp16")),
+    "trainer.precision": ("auto, fp32, bf16 or fp16", lambda v: v in ("auto", "fp32", "bf16", "fp16")),
     "trainer.checkpoint_minutes": ("null (off) or a number of minutes > 0",
                                    lambda v: v is None or _num(v) and v > 0),
     "model.recipe.epochs": POSITIVE_INT,
