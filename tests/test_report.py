@@ -350,13 +350,18 @@ def test_smoke_banner_for_miniature_runs(tmp_path):
         == {"true"}
 
 
-@pytest.mark.parametrize("change", [{"epochs": 10}, {"train_size": 5000}, {"test_size": 1000},
-                                    {"dataset": "synthetic"}])
-def test_each_smoke_criterion(tmp_path, change):
+@pytest.mark.parametrize("change, scale", [
+    ({"epochs": 10}, "reduced"), ({"train_size": 5000}, "reduced"), ({"test_size": 1000}, "reduced"),
+    ({"dataset": "synthetic"}, "smoke"), ({"epochs": 4}, "smoke"), ({"train_size": 999}, "smoke")])
+def test_each_smoke_criterion(tmp_path, change, scale):
+    """Any departure from the full recipe keeps the numbers from looking like a reproduction; a
+    real-data reduced protocol (make mini) says REDUCED, a miniature or synthetic one SMOKE."""
     write_run(tmp_path, "a", 7.0, **change)
     (row,) = report.aggregate(report.load_runs(tmp_path))
-    assert row.smoke
-    assert "SMOKE TABLE" in report.format_table([row], "md")
+    assert row.smoke and row.scale == scale
+    md = report.format_table([row], "md")
+    assert ("SMOKE TABLE" in md) == (scale == "smoke") and ("REDUCED REPRODUCTION" in md) == (scale == "reduced")
+    assert "not comparable to the paper" in md.splitlines()[0]
 
 
 def test_no_banner_for_full_recipe_runs(tmp_path):

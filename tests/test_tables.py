@@ -280,6 +280,19 @@ def planned(overrides: list[str]) -> list[dict]:
     return plan.plan(overrides, tflops=60)
 
 
+def test_mini_is_six_cifar10_runs_that_fit_an_hour_at_the_measured_fp32_speed(tmp_path):
+    """make mini's protocol: ResNet-32 baseline and ISDA, 3 seeds each, CIFAR-10, 6,000 training
+    and 3,000 test images, 18 epochs, precision auto; at ResNet-32's fp32 throughput on 2 Zen 3
+    cores (244 training, 916 test images/s, the slowest machine it is sized for) about 50 minutes."""
+    rows = planned(["experiment=mini", f"out_root={tmp_path}"])
+    assert len(rows) == 6 and {r["epochs"] for r in rows} == {18} and {r["train_images"] for r in rows} == {6000}
+    methods = sorted(Path(r["run"]).parts[-2] for r in rows)
+    assert methods == ["baseline"] * 3 + ["isda"] * 3
+    assert all(Path(r["run"]).parts[-5] == "cifar10" for r in rows)
+    seconds = sum(r["epochs"] * (r["train_images"] / 244 + 3000 / 916) for r in rows)
+    assert 40 * 60 < seconds < 55 * 60
+
+
 def test_plan_composes_a_seed_sweep_once_and_gives_the_full_composes(tmp_path):
     """plan.composed reuses one compose for jobs that differ only in their seed: every config
     equals Hydra's own compose of that job (resolved), and the run folders follow the seed."""

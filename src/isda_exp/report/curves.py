@@ -11,6 +11,7 @@ from typing import Iterable
 from ..rundir.files import METRICS, atomic_write
 from . import paper
 from .groups import group_order
+from .groups import coarsest
 from .runs import Key, ReportError, RunRecord, load_runs, read_metrics
 
 
@@ -26,6 +27,7 @@ class Curve:
     seeds: int
     smoke: bool
     running: int = 0  # seeds still in progress
+    scale: str = "full"  # full | reduced | smoke (report.runs.RunRecord.scale)
 
 
 METHOD_COLORS = {"baseline": "C0", "isda": "C3", "isda-identity": "C1", "isda-diagonal": "C2",
@@ -49,7 +51,8 @@ def curve_data(runs: Iterable[RunRecord]) -> list[Curve]:
         curves.append(Curve(key, epochs, [math.fsum(v) / len(v) for v in values],
                             [min(v) for v in values], [max(v) for v in values],
                             seeds=len(members), smoke=any(r.smoke for r, _ in members),
-                            running=sum(r.status == "in_progress" for r, _ in members)))
+                            running=sum(r.status == "in_progress" for r, _ in members),
+                            scale=coarsest([r for r, _ in members])))
     return curves
 
 
@@ -74,8 +77,11 @@ def plot_curves(root: str | os.PathLike, out_png: str | os.PathLike,
     for ax in axes[len(panels):]:
         ax.set_axis_off()
     title = "Test error per epoch: mean across seeds, band = min-max"
-    if any(c.smoke for c in curves):
+    scales = {c.scale for c in curves}
+    if "smoke" in scales:
         title = "SMOKE: miniature runs -- not comparable to the paper\n" + title
+    elif "reduced" in scales:
+        title = "REDUCED REPRODUCTION: real data, shorter runs on subsets -- not the paper's recipe\n" + title
     fig.suptitle(title)
     fmt = Path(out_png).suffix.lstrip(".").lower() or "png"
     if fmt not in fig.canvas.get_supported_filetypes():

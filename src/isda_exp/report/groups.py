@@ -32,6 +32,7 @@ class Row:
     epochs: tuple[int, ...] = ()
     runs: tuple[Path, ...] = ()
     notes: tuple[str, ...] = field(default=())
+    scale: str = "full"  # full | reduced | smoke (report.runs.RunRecord.scale)
 
     @property
     def key(self) -> Key:
@@ -68,8 +69,14 @@ def _row(key: Key, members: list[RunRecord], notes: tuple[str, ...]) -> Row:
     return Row(*key, seeds=n, error_mean=mean, error_std=std,
                paper_mean=published[0] if published else None,
                paper_std=published[1] if published else None,
-               smoke=any(r.smoke for r in members), epochs=epochs,
+               smoke=any(r.smoke for r in members), epochs=epochs, scale=coarsest(members),
                runs=tuple(r.path for r in members), notes=notes)
+
+
+def coarsest(members) -> str:
+    """The group's scale: smoke if any run is a smoke run, else reduced if any is, else full."""
+    scales = {m.scale for m in members}
+    return next(s for s in ("smoke", "reduced", "full") if s in scales or s == "full")
 
 
 def _members(key: Key, members: list[RunRecord]) -> tuple[list[RunRecord], tuple[str, ...]]:

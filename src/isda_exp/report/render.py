@@ -14,6 +14,8 @@ FORMATS = ("md", "csv", "tex")
 MISSING = "—"
 SMOKE_TEXT = ("SMOKE TABLE: miniature runs ({epochs}, subsets/synthetic data) "
               "-- not comparable to the paper")
+REDUCED_TEXT = ("REDUCED REPRODUCTION: real data, {epochs}, subsets of the data set "
+                "-- not comparable to the paper's full-recipe numbers")
 CELL_COLUMNS = ("ours (n)", "paper", "diff")  # the three texts of one (group, paper) cell
 VS_BASELINE = "vs baseline [95% CI]"
 
@@ -74,7 +76,9 @@ def delta(comparison) -> str:
 
 
 def smoke_banner(rows) -> str | None:
-    """The smoke label when any aggregated group (smoke, epochs) is miniature, else None."""
+    """The label of a table whose groups are not all full-recipe runs: SMOKE when any is a smoke
+    run (synthetic data, a few epochs or images), else REDUCED (real data, a reduced protocol such
+    as `make mini`); None for full-recipe groups."""
     smoke = [r for r in rows if r.smoke]
     if not smoke:
         return None
@@ -85,7 +89,8 @@ def smoke_banner(rows) -> str | None:
         text = f"{epochs[0]} epoch" + ("s" if epochs[0] != 1 else "")
     else:
         text = f"{epochs[0]}-{epochs[-1]} epochs"
-    return SMOKE_TEXT.format(epochs=text)
+    miniature = any(getattr(r, "scale", "smoke") == "smoke" for r in smoke)
+    return (SMOKE_TEXT if miniature else REDUCED_TEXT).format(epochs=text)
 
 
 # ------------------------------------------------------------------------------ markup

@@ -25,6 +25,8 @@ RUN_MARKERS = frozenset({SUMMARY, FAILED, METRICS, CHECKPOINT, CONFIG})
 REQUIRED_FIELDS = ("test_error_last10", "dataset", "model", "aug", "method")
 FULL_TRAIN_SIZE = 50000
 FULL_TEST_SIZE = 10000
+# below these a run is a smoke run (a check of the code path), above a reduced reproduction
+REDUCED_EPOCHS, REDUCED_IMAGES = 5, 1000
 
 Key = tuple[str, str, str, str]  # (dataset, model, aug, method label)
 HOLDOUT = " (hold-out)"  # ends the method label of runs evaluated on the hold-out (dataset.validation):
@@ -61,29 +63,44 @@ class RunRecord:
 
     @property
     def smoke(self) -> bool:
-        """True for miniature runs: short schedule, subset of CIFAR, or synthetic data."""
+        """True for every run that is not the full recipe on the whole data set (reduced or
+        miniature): its numbers are never set beside the paper's as a reproduction."""
+        return self.scale != "full"
+
+    @property
+    def scale(self) -> str:
+        """full: the recipe on the whole data set; reduced: real data, shorter or on subsets, but
+        a real training run (at least REDUCED_EPOCHS epochs of REDUCED_IMAGES images, e.g. `make
+        mini`); smoke: synthetic data, or a run smaller than that (the smoke tables)."""
         if self.summary is None:
-            return _config_smoke(self.config or {})
+            return _config_scale(self.config or {})
         s = self.summary
-        short = number_or_none(s.get("epochs")) is not None and number_or_none(s.get("recipe_epochs")) is not None \
-            and s["epochs"] < s["recipe_epochs"]
-        subset = (number_or_none(s.get("train_size")) is not None and s["train_size"] < FULL_TRAIN_SIZE) \
-            or (number_or_none(s.get("test_size")) is not None and s["test_size"] < FULL_TEST_SIZE)
+        epochs, recipe = number_or_none(s.get("epochs")), number_or_none(s.get("recipe_epochs"))
+        train, test = number_or_none(s.get("train_size")), number_or_none(s.get("test_size"))
+        short = epochs is not None and recipe is not None and epochs < recipe
+        subset = (train is not None and train < FULL_TRAIN_SIZE) or (test is not None and test < FULL_TEST_SIZE)
         if s.get("eval_split") == "holdout":  # the hold-out comes out of the 50,000 training images
-            subset = not (number_or_none(s.get("train_size")) is not None and number_or_none(s.get("test_size")) is not None
-                          and s["train_size"] + s["test_size"] >= FULL_TRAIN_SIZE)
-        return bool(short or subset or s.get("dataset") == "synthetic")
+            subset = not (train is not None and test is not None and train + test >= FULL_TRAIN_SIZE)
+        if s.get("dataset") == "synthetic" or (epochs is not None and epochs < REDUCED_EPOCHS) \
+                or (train is not None and train < REDUCED_IMAGES):
+            return "smoke"
+        return "reduced" if short or subset else "full"
 
 
-def _config_smoke(config: dict) -> bool:
-    """The smoke test for a run that has no summary yet, from its run_config.json."""
+def _config_scale(config: dict) -> str:
+    """The scale of a run that has no summary yet, from its run_config.json."""
     try:
         epochs, recipe = config["trainer"].get("epochs"), config["model"]["recipe"]["epochs"]
         data = config["dataset"]
-        return bool((epochs is not None and epochs < recipe) or data.get("name") == "synthetic"
-                    or data.get("train_subset") or data.get("test_subset"))
     except (KeyError, TypeError, AttributeError):
-        return False
+        return "full"
+    train = data.get("train_subset")
+    if data.get("name") == "synthetic" or (epochs is not None and epochs < REDUCED_EPOCHS) \
+            or (train is not None and train < REDUCED_IMAGES):
+        return "smoke"
+    if (epochs is not None and epochs < recipe) or train or data.get("test_subset"):
+        return "reduced"
+    return "full"
 
 
 def number_or_none(value) -> float | None:
