@@ -106,20 +106,34 @@ def _autocast_off(device: torch.device):
 
 
 class ISDALoss(nn.Module):
-    """ISDA criterion: `loss, logits = criterion(features, fc, targets, ratio, epoch=e, step=s)`.
+    """ISDA criterion: `loss, logits = criterion(features, fc, targets, ratio)`.
 
     features [N, A] (the pooled penultimate features, with their graph), fc the `nn.Linear(A, C)`
-    classifier, targets [N] class indices, ratio = lambda (see `isda_ratio`). Returns the mean
-    cross-entropy of the augmented logits and the plain logits fc(features) (for accuracy).
+    classifier, targets [N] class indices, ratio = lambda (see `isda_ratio`: lambda_0 * epoch /
+    epochs). Returns the mean cross-entropy of the augmented logits and the plain logits
+    fc(features) (measure accuracy on these). In a training loop::
+
+        criterion = ISDALoss(feature_dim=A, num_classes=C)        # covariance="diagonal" at ImageNet size
+        for epoch in range(epochs):
+            ratio = isda_ratio(0.5, epoch, epochs)
+            for x, y in loader:
+                loss, logits = criterion(backbone(x), fc, y, ratio)
+                optimizer.zero_grad(); loss.backward(); optimizer.step()
 
     covariance: "full" (per class, C x A x A), "diagonal" (per-class variances, C x A),
     "identity" (Sigma = I; only counts are kept) or "shared" (one covariance of all features).
     Statistics are buffers (`counts`, `means`, `covariances` or `variances`), float32 by default:
-    they are in state_dict(), follow .to() and .double(). Like BatchNorm's running statistics
-    they are updated only in training mode; in eval mode the loss uses them as they are.
-    block_bytes: covariance bytes handled per batched kernel (None: 64 MiB on CUDA, 256 KiB
-    elsewhere; 0: one class at a time, on views). process_group: the torch.distributed group
-    to gather over (None: the default one).
+    they are in state_dict() (save and load them with the model to resume), follow .to() and
+    .double(). Like BatchNorm's running statistics they are updated only in training mode; in
+    eval mode the loss uses them as they are.
+
+    Under torch.distributed the update all-gathers the global batch's detached features and
+    labels, so every rank holds the statistics one process would: call the criterion on every
+    rank at every training step, and keep it out of the module DDP wraps (DDP broadcasts rank 0's
+    buffers at each forward). `epoch`/`step` keywords are accepted for the runner's criterion
+    interface and ignored. block_bytes: covariance bytes handled per batched kernel (None: 64 MiB
+    on CUDA, 256 KiB elsewhere; 0: one class at a time, on views). process_group: the
+    torch.distributed group to gather over (None: the default one).
     """
 
     def __init__(self, feature_dim: int, num_classes: int, covariance: str = "full", *,

@@ -1,0 +1,44 @@
+"""The README's promises that code can check: its ISDA snippet runs as printed, and the commands
+and pages it names exist."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+
+
+def section(title: str) -> str:
+    start = README.index(f"## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start:end if end > 0 else None]
+
+
+def test_the_isda_snippet_runs_and_its_checkpoint_holds_the_statistics(tmp_path):
+    (code,) = re.findall(r"```python\n(.*?)```", section("Use the ISDA loss in your own training loop"), re.S)
+    check = code + (
+        "\nckpt = torch.load('checkpoint.pt', weights_only=True)\n"
+        "assert int(ckpt['isda']['counts'].sum()) == 3 * 256, ckpt['isda']['counts']\n"
+        "assert ckpt['isda']['covariances'].shape == (10, 32, 32)\n"
+        "assert torch.isfinite(loss) and 0 <= accuracy <= 1\n"
+        "print('ok', float(loss))\n")
+    proc = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ok")
+
+
+def test_the_linked_pages_and_files_exist():
+    links = set(re.findall(r"\]\(((?!https?:)[^)#]+)\)", README))
+    assert links, "no relative links found"
+    missing = sorted(link for link in links if not (ROOT / link).exists())
+    assert not missing, missing
+
+
+def test_the_readme_is_short_and_names_no_machine_path_or_issue():
+    assert len(README.splitlines()) <= 250
+    assert not re.search(r"/work/|/tmp/[a-z]|[Ii]ssue [0-9]+", README)
