@@ -122,16 +122,15 @@ class ISDALoss(nn.Module):
 
     covariance: "full" (per class, C x A x A), "diagonal" (per-class variances, C x A),
     "identity" (Sigma = I; only counts are kept) or "shared" (one covariance of all features).
-    Statistics are buffers (`counts`, `means`, `covariances` or `variances`), float32 by default:
-    they are in state_dict() (save and load them with the model to resume), follow .to() and
-    .double(). Like BatchNorm's running statistics they are updated only in training mode; in
-    eval mode the loss uses them as they are.
+    Statistics are buffers (`counts`, `means`, `covariances` or `variances`), float32 by default,
+    in state_dict() (save them with the model to resume); like BatchNorm's running statistics
+    they are updated only in training mode.
 
     Under torch.distributed the update all-gathers the global batch's detached features and
     labels, so every rank holds the statistics one process would: call the criterion on every
     rank at every training step, and keep it out of the module DDP wraps (DDP broadcasts rank 0's
-    buffers at each forward). `epoch`/`step` keywords are accepted for the runner's criterion
-    interface and ignored. block_bytes: covariance bytes handled per batched kernel (None: 64 MiB
+    buffers at each forward). The `epoch`/`step` keywords of the runner are ignored. block_bytes:
+    covariance bytes handled per batched kernel (None: 64 MiB
     on CUDA, 256 KiB elsewhere; 0: one class at a time, on views). process_group: the
     torch.distributed group to gather over (None: the default one).
     """
