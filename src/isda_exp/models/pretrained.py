@@ -113,7 +113,7 @@ def read_weights(path: str) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise UserError(refusal(path, e)) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as e:  # not a torch file, truncated
+    except Exception as e:  # not a torch file, truncated: whatever torch.load raised
         raise UserError(f"model.pretrained={path} is not a PyTorch weights file (.pt/.pth of "
                         f"tensors) or a .safetensors file ({type(e).__name__}: "
                         f"{str(e).strip().splitlines()[0][:120]})") from None
