@@ -7,7 +7,8 @@ a batch of random images at the architecture's input size (timm's pretrained con
 time is measured apart, on the batch's real features: ISDA (statistics update, augmented logits,
 backward) minus cross-entropy, both through the same classifier; "ISDA +" is that difference over
 the step. Statistics are warmed up first (every class seen), so the timed update is the steady one.
-The fastest of --repeats rounds is kept (the machine may be shared: see --wait-load).
+The fastest of --repeats steps (of at least 20 loss calls) is kept (the machine may be shared:
+see --wait-load).
 
     python scripts/bench_timm_isda.py                                   # the docs' figures
     python scripts/bench_timm_isda.py --archs resnet50 --classes 100 1000 --batch 32
@@ -94,7 +95,7 @@ def bench(arch, classes, batch, repeats, device):
                 rows.append({"arch": arch, "classes": C, "covariance": cov, "skipped":
                              f"C x A x A = {C * A * A * 4 / 1e9:.1f} GB"})
                 continue
-            ce, isda = loss_times(features, fc, y, cov, repeats)
+            ce, isda = loss_times(features, fc, y, cov, max(20, repeats))  # ms: cheap to repeat
             rows.append({"arch": arch, "input": size, "feature_dim": A, "classes": C,
                          "covariance": cov, "batch": batch, "step_s": step, "ce_loss_s": ce,
                          "isda_loss_s": isda, "isda_fraction": (isda - ce) / step})
