@@ -246,3 +246,30 @@ def test_the_done_when_command_fine_tunes_a_timm_backbone_from_a_file(cli_here, 
     moved = [k for k, v in source.state_dict().items()
              if not k.startswith("fc.") and v.is_floating_point() and not torch.equal(trained["body." + k], v)]
     assert moved  # it fine-tuned the loaded backbone
+
+
+def test_the_zoo_printout_and_the_plan_size_the_timm_architecture():
+    from isda_exp.models._stats import zoo_table
+    from isda_exp.sweeps.plan import job_cost
+
+    source = timm.create_model("resnet18", num_classes=1000)
+    row = zoo_table(1000, ["timm:resnet18"]).splitlines()[1]
+    assert row.startswith("timm:resnet18") and f"{sum(p.numel() for p in source.parameters()) / 1e6:.3f}M" in row
+    assert " 512 " in row  # the feature dimension
+    small, large = (job_cost(composed("model=timm", f"model.arch={a}", "dataset=imagenet"))["pflops"]
+                    for a in ("resnet18", "convnext_nano"))
+    assert large / small == pytest.approx(4.891 / 3.628, rel=0.01)  # their forward FLOPs
+
+
+def test_a_weights_name_without_network_is_one_line(monkeypatch):
+    import urllib.error
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+    monkeypatch.setattr(torchvision.models.ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
+    with torch.device("meta"):
+        net = create_model("resnet50")
+    with pytest.raises(UserError, match="cannot get torchvision's ResNet50_Weights.IMAGENET1K_V2 .*"
+                                        "without network, download https://") as e:
+        load_pretrained(net, torch.nn.Linear(2048, 10), "IMAGENET1K_V2")
+    assert "\n" not in str(e.value)
