@@ -34,6 +34,7 @@ WRAPPERS = ("state_dict", "model", "net", "module")  # keys that hold the state 
 # the authors' released DenseNets: their names -> torchvision's (features.norm_final, fc)
 AUTHORS_DENSENET = (("features.norm_final.", "features.norm5."), ("fc.", "classifier."))
 SHOW_KEYS = 4
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's defaults too
 
 
 def is_file_spec(spec: str) -> bool:
@@ -68,7 +69,8 @@ def input_config(net: nn.Module, spec) -> dict | None:
         tag = None if spec is None or is_file_spec(spec) or str(spec) == "default" else str(spec)
         cfg = pretrained_cfg(net.arch, tag)
         size = int(cfg["input_size"][-1])
-        return {"mean": list(cfg["mean"]), "std": list(cfg["std"]), "train_crop": size,
+        return {"mean": list(cfg.get("mean", IMAGENET_MEAN)), "std": list(cfg.get("std", IMAGENET_STD)),
+                "train_crop": size,
                 "eval_crop": size, "eval_resize": int(size / float(cfg.get("crop_pct", 0.875)))}
     if spec is not None and not is_file_spec(spec) and hasattr(net, "input_config"):
         return net.input_config(str(spec))

@@ -79,7 +79,10 @@ class TimmFeatures(nn.Module):
                             "them elsewhere and pass the file: model.pretrained=FILE") from None
 
     def weights_name(self, tag: str) -> str:
-        return "timm:" + check_arch(self.arch, None if tag == "default" else tag)
+        """timm:ARCH.TAG, the default tag spelled out (it may change between timm versions)."""
+        if tag == "default":
+            tag = pretrained_cfg(self.arch).get("tag") or None
+        return "timm:" + check_arch(self.arch, tag)
 
 
 @register_model
