@@ -11,7 +11,7 @@ install:  ## create .venv and install the package (editable) with the tested pin
 	$(PY) -m pip install --quiet --upgrade pip
 	@# setuptools prints a notice for every editable install of a package whose folders are mapped
 	@# (configs/ -> isda_exp/configs); harmless here, since config_dir() finds configs/ by path
-	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -c requirements.txt -e ".[test,slurm]"
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install --quiet -c requirements.txt -e ".[test,slurm,examples]"
 	$(PY) -c "import torch, torchvision, hydra, isda_exp; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| hydra', hydra.__version__)"
 
 # `make test` runs every test not marked slow; `make test-slow` the slow ones (real data, torchrun,

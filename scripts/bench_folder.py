@@ -4,7 +4,7 @@
 pipeline: training images per second per CPU core (decode + RandomResizedCrop(224) + flip +
 collate) on one folder of full-size JPEGs (generated: 500x375, quality 90, photo-like content), the
 authors' pipeline (torchvision ImageFolder + PIL transforms + ToTensor + Normalize in a DataLoader)
-against ours (isda_exp.data.folder.source: torchvision.io decode + uint8 crop in a DataLoader; normalisation
+against ours (isda_exp.data.folder.source: TorchCodec decode + uint8 crop in a DataLoader; normalisation
 happens later on the training device), side by side in one run, interleaved, best of --repeats.
 
 isda: one step (statistics update + loss + backward) of ISDALoss(covariance="diagonal") at N=64,

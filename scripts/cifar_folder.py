@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.io import encode_jpeg, encode_png, write_file
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 
@@ -29,10 +29,11 @@ def write_split(out: Path, x: np.ndarray, y: np.ndarray, per_class: int, size: i
         for k, i in enumerate(np.flatnonzero(y == c)[:per_class]):
             img = torch.from_numpy(np.ascontiguousarray(x[i].transpose(2, 0, 1)))
             img = TF.resize(img, [size, size], antialias=True)
+            pil = Image.fromarray(img.permute(1, 2, 0).numpy())  # Pillow: torchvision's encoders are deprecated
             if png_every and k % png_every == png_every - 1:
-                write_file(str(folder / f"{i:05d}.png"), encode_png(img))
+                pil.save(folder / f"{i:05d}.png")
             else:
-                write_file(str(folder / f"{i:05d}.jpg"), encode_jpeg(img, quality=quality))
+                pil.save(folder / f"{i:05d}.jpg", quality=quality)
             written += 1
     return written
 

@@ -141,7 +141,7 @@ def test_classes_labels_and_both_formats(folder):
 @pytest.mark.parametrize("damage,message", [
     ("missing", "does not exist"),
     ("no_train", "has no train/ folder"),
-    ("empty_class", "holds no .jpg, .jpeg or .png image"),
+    ("empty_class", "holds no image .*.jpg, .jpeg, .png, .webp, .gif, .bmp, .tif"),
     ("class_sets", "only in train: ['class009'], only in val: ['zebra']"),
 ])
 def test_bad_folders_are_one_line_errors(folder, tmp_path, damage, message):

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
 from conftest import ROOT
 from isda_exp.cli.train import run
@@ -21,6 +20,7 @@ from isda_exp.data import load_synthetic
 from isda_exp.data.cifar_augment import build_augment
 from isda_exp.data.folder import device_decode as folder_decode
 from isda_exp.data.folder import load_folder
+from isda_exp.data.folder.decode import decode_file, decode_jpegs, read_bytes
 from isda_exp.data.folder import loader as folder_stream
 from isda_exp.data.folder.device_decode import DeviceDecodeLoader, JpegDecoder
 from isda_exp.errors import UserError
@@ -29,7 +29,6 @@ from isda_exp.rundir.identity import science_config
 from isda_exp.training.build import build_data
 
 CPU = torch.device("cpu")
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +132,16 @@ def test_a_device_that_cannot_decode_jpeg_falls_back_to_the_cpu_with_one_warning
                                                                                  caplog):
     calls = []
 
-    def decode_jpeg_cpu_only(data, mode, device):
+    def decode_jpegs_cpu_only(datas, device):
         calls.append(torch.device(device).type)
         if torch.device(device).type != "cpu":
-            raise RuntimeError("decode_jpeg on cuda is not supported by this torchvision build")
-        return decode_jpeg(data, mode=mode, device=device)
-    monkeypatch.setattr(folder_decode, "decode_jpeg", decode_jpeg_cpu_only)
+            raise RuntimeError("decode_jpeg on cuda is not supported by this TorchCodec build")
+        return decode_jpegs(datas, device)
+    monkeypatch.setattr(folder_decode, "decode_jpegs", decode_jpegs_cpu_only)
     monkeypatch.setattr(folder_decode, "_DECODES_ON", {})
     files = sorted((folder / "train").rglob("*.jpg"))[:5]
-    datas = [read_file(str(f)) for f in files]
-    expected = [decode_jpeg(data, mode=ImageReadMode.RGB) for data in datas]
+    datas = [read_bytes(str(f)) for f in files]
+    expected = [decode_file(str(f)) for f in files]  # the workers' decoder, file by file
     decoders = [JpegDecoder(torch.device("cuda")) for _ in range(2)]  # training, evaluation
     with caplog.at_level(logging.WARNING, logger="isda_exp"):
         for decoder in decoders * 2:

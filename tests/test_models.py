@@ -84,7 +84,8 @@ def test_resnet_params_and_flops_match_hand_count(name, n, se):
     assert flops_per_image(name) == flops
 
 
-IMAGENET = ["densenet121", "resnet101", "resnet152", "resnet50", "resnext50_32x4d"]  # test_imagenet_models
+IMAGENET = ["densenet121", "densenet265", "resnet101", "resnet152", "resnet50", "resnext101_32x8d",
+            "resnext50_32x4d", "timm"]  # test_imagenet_models, test_pretrained
 
 
 def test_registry_lists_exactly_the_paper_models():

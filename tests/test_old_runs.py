@@ -150,3 +150,16 @@ def assert_same_tree(a, b, where="explain.json"):
         assert same(a, b), (where, a, b)
     else:
         assert a == b, (where, a, b)
+
+
+def test_the_old_folder_run_retrained_today_gives_its_numbers(tmp_path):
+    """The image-folder run decoded with torchvision.io then, with TorchCodec now: the fixture's
+    JPEGs (no EXIF orientation) decode to the same pixels, so every metric row is the old one."""
+    images = tmp_path / "images"
+    shutil.copytree(FIXTURE / "images", images)
+    run = tmp_path / "again"
+    run_cli(*COMMON[3:], *FOLDER, f"dataset.root={images}", f"hydra.run.dir={run}", cwd=tmp_path)
+    got, old = rows(run / "metrics.jsonl"), rows(FIXTURE / "runs" / "finished_folder" / "metrics.jsonl")
+    assert len(got) == len(old) == 3
+    for g, e in zip(got, old):
+        assert g.keys() == e.keys() and all(same(g[k], e[k]) for k in e), (g, e)

@@ -24,6 +24,8 @@ FORBIDDEN = {
     "sweeps": {"cli", "explain"},
     "explain": {"cli", "sweeps", "report"},
     "cli": {"explain", "report"},
+    # evaluation only (isda_exp.evaluate): builds through training and reads runs as explain does
+    "evaluate": {"cli", "sweeps", "report"},
 }
 
 

@@ -27,7 +27,7 @@ def rebuild(cfg, checkpoint: dict) -> Rebuilt:
     An image folder's files are decoded by as many workers as the run trained with."""
     source = build_data(cfg)
     data = explain_data(source, resolve_workers(cfg.trainer.get("num_workers", 0)))
-    net, fc = build_model(cfg, data.num_classes)
+    net, fc = build_model(cfg, data.num_classes, pretrained=False)  # the checkpoint's weights
     criterion = build_criterion(cfg, net.feature_dim, data.num_classes)
     try:
         net.load_state_dict(checkpoint["model"])

@@ -14,8 +14,10 @@ from .cost import CIFAR_TRAIN, run_pflops
 
 
 def _with_classifier(name: str, num_classes: int) -> nn.Module:
-    """Feature extractor + the trainer's separate Linear head, as the paper counts them."""
-    net = create_model(name)
+    """Feature extractor + the trainer's separate Linear head, as the paper counts them.
+    `timm:ARCH` is timm's architecture ARCH (model=timm model.arch=ARCH)."""
+    family, _, arch = name.partition(":")
+    net = create_model(family, arch=arch) if arch else create_model(name)
     return nn.Sequential(net, nn.Linear(net.feature_dim, num_classes))
 
 
@@ -57,7 +59,7 @@ def recipe_epochs(name: str) -> int:
     """Epochs of the model's training recipe, read from its config."""
     from omegaconf import OmegaConf
 
-    return int(OmegaConf.load(config_file("model", name)).recipe.epochs)
+    return int(OmegaConf.load(config_file("model", name.partition(":")[0])).recipe.epochs)
 
 
 def training_pflops(name: str, num_classes: int = 10) -> float:
@@ -65,11 +67,12 @@ def training_pflops(name: str, num_classes: int = 10) -> float:
     return run_pflops(flops_per_image(name, num_classes), recipe_epochs(name), CIFAR_TRAIN)
 
 
-def zoo_table(num_classes: int = 10) -> str:
-    """Plain-text table of every registered model's size and cost."""
-    rows = [f"{'model':<20}{'params':>12}{'feat dim':>10}{'GFLOPs/img':>12}{'epochs':>8}{'train PFLOPs':>14}"]
-    for name in list_models():
-        rows.append(f"{name:<20}{count_params(name, num_classes) / 1e6:>11.3f}M"
+def zoo_table(num_classes: int = 10, names: list[str] | None = None) -> str:
+    """Plain-text table of the models' sizes and costs (every registered model, or `names`, e.g.
+    timm:convnext_nano)."""
+    rows = [f"{'model':<28}{'params':>12}{'feat dim':>10}{'GFLOPs/img':>12}{'epochs':>8}{'train PFLOPs':>14}"]
+    for name in names or list_models():
+        rows.append(f"{name:<28}{count_params(name, num_classes) / 1e6:>11.3f}M"
                     f"{_sizes(name, num_classes).feature_dim:>10}"
                     f"{flops_per_image(name, num_classes) / 1e9:>12.3f}{recipe_epochs(name):>8}"
                     f"{training_pflops(name, num_classes):>14.1f}")

@@ -147,6 +147,15 @@ def _all_reduce(values, op: str) -> list[float]:
     return t.tolist()
 
 
+def all_union(items: list[str]) -> list[str]:
+    """The sorted union of every rank's strings (e.g. the bad files each rank found)."""
+    if world() < 2:
+        return sorted(set(items))
+    gathered: list = [None] * world()
+    dist.all_gather_object(gathered, list(items))
+    return sorted({item for part in gathered for item in part})
+
+
 # ---------------------------------------------------------------- models
 
 

@@ -91,7 +91,8 @@ def science_config(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     trainer = c.get("trainer", {})
     keep = {k: trainer.get(k) for k in ("epochs", "batch_size", "precision")}
-    science = {"seed": c["seed"], "model": c["model"],
+    # the pretrained file's path is where it is, not what it is: model.pretrained_id names it
+    science = {"seed": c["seed"], "model": _without(c["model"], ("pretrained",)),
                # where the data is and how it is decoded (decode: the same pixels), not what it is
                "dataset": _without(c["dataset"], ("root", "download", "npz", "decode")),
                "aug": _without(c["aug"], ("_target_",)),  # how it is built, not what it is
@@ -100,10 +101,14 @@ def science_config(cfg: DictConfig) -> dict:
 
 
 def _as_stored_before(science: dict) -> dict:
-    """Keys added later (the loss group, ResNet dropout) are left out at their defaults, so the
-    science config of a run started before them is unchanged and that run still resumes."""
+    """Keys added later (the loss group, ResNet dropout, the fine-tuning lr multiplier at 1;
+    model.pretrained, never stored) are left out at their defaults, so the science config of a
+    run started before them is unchanged and that run still resumes."""
     if (science.get("loss") or {}).get("_target_") == PLAIN_CE:
         science.pop("loss")
+    recipe = science["model"].get("recipe") or {}
+    if "backbone_lr_mult" in recipe and recipe["backbone_lr_mult"] in (None, 1.0):
+        science["model"] = {**science["model"], "recipe": _without(recipe, ("backbone_lr_mult",))}
     net = science["model"].get("net", {})
     if "drop_rate" in net and not net["drop_rate"] and science["model"].get("name") not in RECIPE_DROPOUT:
         science["model"] = {**science["model"], "net": _without(net, ("drop_rate",))}

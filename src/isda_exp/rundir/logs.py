@@ -48,7 +48,7 @@ class MetricsLog:
             f.write(_line(row))
         if self.writer is not None:
             for key, value in row.items():
-                if key != "epoch" and not isinstance(value, str):  # eval_split is not a scalar
+                if key != "epoch" and isinstance(value, (int, float)):  # not eval_split, bad_files
                     self.writer.add_scalar(key, value, row["epoch"])
             self.writer.flush()
 

@@ -58,7 +58,10 @@ def job_cost(cfg) -> dict:
         n_train, n_test = n_train - int(cfg.dataset.validation), int(cfg.dataset.validation)
     n_train = cfg.dataset.train_subset or n_train
     n_test = cfg.dataset.test_subset or n_test
-    flops = flops_per_image(cfg.model.net.name, cfg.dataset.num_classes)
+    net = cfg.model.net  # model=timm: the architecture's figures (timm:ARCH)
+    name = f"{net.name}:{net.arch}" if net.get("arch") else net.name
+    # an image folder's class count is unknown until it is listed: ImageNet's (the head is small)
+    flops = flops_per_image(name, int(cfg.dataset.num_classes or 1000))
     return {"epochs": epochs, "train_images": n_train,
             "pflops": cost.run_pflops(flops, epochs, n_train, n_test)}
 

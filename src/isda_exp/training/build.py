@@ -15,10 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from ..data.streams import DataSource, EvalStream, TrainStream, resolve_workers
 from ..errors import UserError
 from ..losses import PLAIN_CE, isda_ratio, loss_name
+from ..models.pretrained import load_pretrained
 from ..parallel import distributed
 from ..parallel.device import resolve_device, resolve_precision
 from ..parallel.sync_batchnorm import sync_batchnorm
 from ..seeding import init_seed
+from . import weights
 from .engine import Engine
 from .schedule import lr_factor, scaled_milestones
 from .validate import check_config
@@ -62,8 +64,8 @@ def build_run(cfg: DictConfig) -> RunObjects:
     criterion = build_criterion(cfg, net.feature_dim, data.num_classes)
     for module in (net, fc, criterion):
         module.to(device)
-    optimizer, scheduler = build_optimizer(cfg, [*net.parameters(), *fc.parameters()], epochs,
-                                           batch_size)
+    optimizer, scheduler = build_optimizer(cfg, (list(net.parameters()), list(fc.parameters())),
+                                           epochs, batch_size)
     norm = (data.mean, data.std) if hasattr(data, "mean") else None  # image folders: their own
     engine = Engine(net, fc, criterion, optimizer, device, t.precision, bool(t.channels_last),
                     bool(t.compile), norm)
@@ -83,6 +85,8 @@ def resolve_auto(cfg: DictConfig) -> None:
     and an explicit run of the same precision are the same run."""
     if cfg.trainer.precision == "auto":
         cfg.trainer.precision = resolve_precision("auto", resolve_device(str(cfg.device)))
+    weights.resolve_pretrained(cfg, lambda: build(cfg.model.net))  # its file hash or weights name
+    weights.resolve_inputs(cfg, lambda: build(cfg.model.net))  # a folder's transforms at auto
 
 
 def isda_lambda(cfg: DictConfig, epochs: int) -> Callable[[int], float]:
@@ -110,13 +114,19 @@ def build(node: DictConfig, **kwargs):
 
 
 def build_data(cfg: DictConfig) -> DataSource:
+    weights.resolve_inputs(cfg, lambda: build(cfg.model.net))  # a folder's transforms at auto
     return build(cfg.dataset)
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> tuple[torch.nn.Module, torch.nn.Linear]:
-    """The feature extractor from the zoo and its separate linear classifier."""
+def build_model(cfg: DictConfig, num_classes: int,
+                pretrained: bool = True) -> tuple[torch.nn.Module, torch.nn.Linear]:
+    """The feature extractor from the zoo and its separate linear classifier, with the weights of
+    model.pretrained when set (pretrained=False: a checkpoint's weights come next)."""
     net = build(cfg.model.net)
-    return net, torch.nn.Linear(net.feature_dim, num_classes)
+    fc = torch.nn.Linear(net.feature_dim, num_classes)
+    if pretrained and cfg.model.get("pretrained"):
+        load_pretrained(net, fc, str(cfg.model.pretrained))
+    return net, fc
 
 
 def build_criterion(cfg: DictConfig, feature_dim: int, num_classes: int):
@@ -151,7 +161,8 @@ def run_length(cfg: DictConfig) -> tuple[int, int]:
 
 
 def build_optimizer(cfg: DictConfig, params, epochs: int, batch_size: int | None = None):
-    """SGD (Nesterov, weight decay on all parameters) and its per-epoch LR schedule.
+    """SGD (Nesterov, weight decay on all parameters) and its per-epoch LR schedule. `params`: a
+    list, or (backbone, classifier) lists for model.recipe.backbone_lr_mult (param_groups).
 
     A recipe with `lr_batch` (ImageNet: 512) scales its lr linearly with the total batch:
     lr = recipe.lr * batch_size / lr_batch (Goyal et al.); without it the lr is used as given.
@@ -160,12 +171,23 @@ def build_optimizer(cfg: DictConfig, params, epochs: int, batch_size: int | None
     lr = r.lr
     if r.get("lr_batch") and batch_size is not None:
         lr = r.lr * batch_size / r.lr_batch
+    if isinstance(params, tuple):  # (backbone, classifier): the fine-tuning multiplier
+        params = param_groups(*params, lr, r.get("backbone_lr_mult"))
     opt = torch.optim.SGD(params, lr=lr, momentum=r.momentum, nesterov=r.nesterov,
                           weight_decay=r.weight_decay)
     milestones = scaled_milestones(r.get("milestones") or [], int(r.epochs), epochs)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda e: lr_factor(e, epochs, r.schedule, milestones, r.get("gamma") or 1.0))
     return opt, schedule
+
+
+def param_groups(backbone: list, classifier: list, lr: float, mult) -> list:
+    """One group of every parameter, backbone first (as every recipe trained before), or with
+    model.recipe.backbone_lr_mult != 1 the classifier at lr then the backbone at lr x mult (the
+    classifier first, so the metrics' lr is the recipe's); the schedule scales both alike."""
+    if mult is None or float(mult) == 1.0:
+        return [*backbone, *classifier]
+    return [{"params": classifier}, {"params": backbone, "lr": lr * float(mult)}]
 
 
 def check_buildable(cfg: DictConfig) -> None:

@@ -130,7 +130,8 @@ class Engine:
         """Plain logits on the unaugmented evaluation stream (this rank's part), summed over ranks.
 
         A stream with `top5 = True` (image folders) adds test_error_top5, and one with
-        `take_bad_images` the images it replaced since the last call (bad_images).
+        `take_bad_images` the images it replaced since the last call (bad_images) and, when any
+        file failed, `bad_files` (their paths under the data set's root).
         """
         self.net.eval()
         loss_sum, wrong, wrong5 = 0.0, 0, 0
@@ -150,6 +151,9 @@ class Engine:
             out["test_error_top5"] = 100.0 * distributed.all_sum(wrong5)[0] / n
         if hasattr(stream, "take_bad_images"):
             out["bad_images"] = int(distributed.all_sum(stream.take_bad_images())[0])
+        if hasattr(stream, "take_bad_files"):  # an image folder's files that failed, if any
+            bad = distributed.all_union(stream.take_bad_files())
+            out.update({"bad_files": bad} if bad else {})
         return out
 
     def weights_finite(self) -> bool:

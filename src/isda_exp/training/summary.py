@@ -16,7 +16,8 @@ def summarise(cfg: DictConfig, run, history: list[dict], wall: float) -> dict:
     errors = [r["test_error"] for r in history]
     top5 = {"test_error_top5_final": history[-1]["test_error_top5"]} \
         if "test_error_top5" in history[-1] else {}  # image folders (Table 4)
-    return {**top5, **summary_fields(cfg, distributed.world()),  # the run's label and science, computed once
+    bad = sorted({f for r in history for f in r.get("bad_files", [])})  # image folders' bad files
+    return {**top5, **({"bad_files": bad} if bad else {}), **summary_fields(cfg, distributed.world()),  # the run's label and science, computed once
         "test_error_last10": float(np.mean(errors[-10:])), "test_error_final": errors[-1],
         "test_error_best": min(errors), "epochs": run.epochs,
         "recipe_epochs": int(cfg.model.recipe.epochs), "batch_size": run.batch_size,

@@ -53,6 +53,8 @@ RULES: dict[str, tuple[str, object]] = {
     "model.recipe.momentum": ("a number in [0, 1), e.g. 0.9", lambda v: _num(v) and 0 <= v < 1),
     "model.recipe.weight_decay": ("a number >= 0, e.g. 1e-4", lambda v: _num(v) and v >= 0),
     "model.recipe.gamma": ("null or a number > 0", lambda v: v is None or _num(v) and v > 0),
+    "model.recipe.backbone_lr_mult": ("null or a number > 0 (the backbone's lr = lr x this; 1: "
+                                      "one lr for all)", lambda v: v is None or _num(v) and v > 0),
     "isda.lambda_0": ("a number >= 0, e.g. 0.5", lambda v: _num(v) and v >= 0),
     "dataset.train_subset": SUBSET,
     "dataset.test_subset": SUBSET,

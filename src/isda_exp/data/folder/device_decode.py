@@ -1,16 +1,16 @@
 """dataset.decode=device: image-folder batches decoded and transformed on the training device.
 
 DataLoader workers only read each file's bytes; the main process decodes a whole batch's JPEGs in
-one torchvision.io.decode_jpeg call on the run's device (batched nvjpeg on a CUDA GPU;
-libjpeg-turbo, the workers' decoder, on the CPU), then applies each item's own transform there
+one TorchCodec decode_jpeg call on the run's device (decode.decode_jpegs: batched nvJPEG on a CUDA
+GPU; libjpeg-turbo, the workers' decoder, on the CPU), then applies each item's own transform there
 (FolderImages.transformed: the crop and flip keyed by (seed, epoch, index), or the centre crop).
 Orders, keys and augmentation draws are those of decode=workers, so resume mid-epoch, the ranks'
 shares and any worker count behave alike; on the CPU the batches are bit for bit the same.
 
-What decode_jpeg cannot take (a PNG, a file that fails to read or to decode) goes through the
-workers' own path on the CPU (FolderImages._read_from: decode_image, or the next readable image,
-logged once per path and counted in bad_images), then moves to the device. A CUDA device whose
-torchvision cannot decode JPEG there is found by decoding a tiny JPEG once: one warning, then
+What decode_jpeg cannot take (a PNG, WebP, BMP, a file that fails to read or to decode) goes
+through the workers' own path on the CPU (FolderImages._read_from: decode.decode_file, or the next
+readable image, logged once per path and counted in bad_images), then moves to the device. A CUDA
+device on which TorchCodec cannot decode JPEG is found by decoding a tiny JPEG once: one warning, then
 decoding on the CPU (the transforms stay on the device).
 
 The bytes are not pinned: decode_jpeg reads them from host memory itself, and pinning many small
@@ -18,18 +18,18 @@ buffers costs more than it saves. The labels (one small tensor a batch) are copi
 """
 from __future__ import annotations
 
+import io
 import logging
 from typing import Iterator
 
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, read_file
 
 from ...errors import UserError
+from .decode import decode_jpeg_on, decode_jpegs, is_jpeg, read_bytes
 from .loader import FolderImages
 
 log = logging.getLogger("isda_exp")
 DECODE = ("workers", "device")
-_JPEG_MAGIC = (0xFF, 0xD8, 0xFF)
 _DECODE_ERRORS = (RuntimeError, ValueError)  # what decode_jpeg raises on a file it cannot decode
 _DECODES_ON: dict[torch.device, bool] = {}  # decodes_on's answers in this process
 
@@ -55,20 +55,24 @@ class FileBytes(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index = key[1] if isinstance(key, tuple) else key
         try:
-            return read_file(self.images.path(index)), key
+            return read_bytes(self.images.path(index)), key
         except (RuntimeError, OSError, ValueError):  # the main process reports and replaces it
             return torch.empty(0, dtype=torch.uint8), key
 
 
 def collate_bytes(items) -> tuple[torch.Tensor, list[int], list]:
-    """One buffer a batch (read_file's tensors cannot be sent from a worker as they are, and one
+    """One buffer a batch (the files' tensors cannot be sent from a worker as they are, and one
     shared-memory block a batch is cheaper than one a file), the files' lengths, their keys."""
     datas = [data for data, _ in items]
     return torch.cat(datas), [len(data) for data in datas], [key for _, key in items]
 
 
-def is_jpeg(data: torch.Tensor) -> bool:
-    return len(data) >= 3 and tuple(data[:3].tolist()) == _JPEG_MAGIC
+def _probe_jpeg() -> torch.Tensor:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 128, 128)).save(out, "JPEG")
+    return torch.frombuffer(bytearray(out.getvalue()), dtype=torch.uint8)
 
 
 def decodes_on(device: torch.device) -> bool:
@@ -77,12 +81,11 @@ def decodes_on(device: torch.device) -> bool:
     if device.type == "cpu":
         return True
     if device not in _DECODES_ON:
-        probe = encode_jpeg(torch.full((3, 16, 16), 128, dtype=torch.uint8))
         try:
-            decode_jpeg([probe], mode=ImageReadMode.RGB, device=device)
+            decode_jpegs([_probe_jpeg()], device)
             _DECODES_ON[device] = True
-        except Exception as e:  # a torchvision built without nvjpeg, a driver that refuses it
-            log.warning(f"dataset.decode=device: torchvision cannot decode JPEG on {device} "
+        except Exception as e:  # a TorchCodec built without nvJPEG, a driver that refuses it
+            log.warning(f"dataset.decode=device: TorchCodec cannot decode JPEG on {device} "
                         f"({type(e).__name__}: {str(e).strip()[:200]}); decoding on the CPU")
             _DECODES_ON[device] = False
     return _DECODES_ON[device]
@@ -108,7 +111,7 @@ class JpegDecoder:
         if not jpegs:
             return out
         try:
-            decoded = decode_jpeg([datas[i] for i in jpegs], mode=ImageReadMode.RGB, device=self.device)
+            decoded = decode_jpegs([datas[i] for i in jpegs], self.device)
         except _DECODE_ERRORS:  # one bad file fails the whole call: decode each on its own
             decoded = [self._one(datas[i]) for i in jpegs]
         for i, img in zip(jpegs, decoded):
@@ -117,13 +120,13 @@ class JpegDecoder:
 
     def _one(self, data: torch.Tensor) -> torch.Tensor | None:
         try:
-            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
+            return decode_jpeg_on(data, self.device)
         except _DECODE_ERRORS:
             return None
 
 
 class DeviceDecodeLoader:
-    """Iterates (uint8 [n, 3, S, S], int64 labels, replaced count) on the device, batch by batch
+    """Iterates (uint8 [n, 3, S, S], int64 labels, failed file indices) on the device, batch by batch
     as the sampler gives them; a stand-in for folder_stream's DataLoader (make_loader)."""
 
     def __init__(self, images: FolderImages, batch_sampler, device: torch.device, num_workers: int,
@@ -142,16 +145,17 @@ class DeviceDecodeLoader:
         for flat, lengths, keys in self.loader:
             yield self.batch(list(torch.split(flat, lengths)), keys)
 
-    def batch(self, datas: list[torch.Tensor], keys: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def batch(self, datas: list[torch.Tensor], keys: list) -> tuple[torch.Tensor, torch.Tensor, list]:
         """A batch as FolderImages + folder_stream.collate make it, decoded and transformed here."""
         images, used = [], []
         for img, key in zip(self.decoder.decode(datas), keys):
             epoch, index = key if isinstance(key, tuple) else (None, key)
             j = index
-            if img is None:  # the workers' path: decode_image on the CPU, or the next readable
+            if img is None:  # the workers' path: decode_file on the CPU, or the next readable
                 img, j = self.images._read_from(index)
             img = img.to(self.device, non_blocking=True)
             images.append(self.images.transformed(img, epoch, index))
             used.append((j, index))
         labels = self.images.labels[[j for j, _ in used]].to(self.device, non_blocking=True)
-        return torch.stack(images), labels, sum(j != index for j, index in used)
+        failed = [self.images.failed(index, j) for j, index in used]
+        return torch.stack(images), labels, [f for f in failed if f]

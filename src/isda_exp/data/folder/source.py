@@ -1,7 +1,9 @@
 """Image-folder data sets (ImageNet, or any `train/<class>/*`, `val/<class>/*` folder a user brings).
 
 The classes are the sorted sub-folders of train/ (val/ must hold the same ones); their images are
-the .jpg/.jpeg/.png files below each (any depth, sorted). Only the file list lives in memory (as
+the image files below each (any depth, sorted, symbolic links followed): .jpg/.jpeg/.png/.webp/
+.gif decoded by TorchCodec, .bmp/.tif/.tiff/.ppm/.pgm by Pillow (isda_exp.data.folder.decode);
+files of other extensions are counted and named in one log line per split. Only the file list lives in memory (as
 one numpy bytes array, so forked DataLoader workers share it); images are decoded on the fly by
 isda_exp.data.folder.loader. A seeded class-balanced hold-out (dataset.validation) and seeded subsets
 work as for the in-memory CIFAR arrays (isda_exp.data).
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 
 import numpy as np
 import torch
@@ -17,12 +20,12 @@ import torch
 from ... import seeding
 from ..normalize import IMAGENET_MEAN, IMAGENET_STD
 from ...errors import UserError
+from .decode import EXTENSIONS
 from .device_decode import DeviceDecodeLoader, check_decode
 from ..subsets import class_balanced_holdout, seeded_subset
 from .loader import BadImages, FolderEvalStream, FolderImages, FolderTrainStream
 
 log = logging.getLogger("isda_exp")
-EXTENSIONS = (".jpg", ".jpeg", ".png")  # any case: ImageNet's files end in .JPEG
 
 
 def list_classes(root: str) -> tuple[list[str], str]:
@@ -50,20 +53,30 @@ def list_classes(root: str) -> tuple[list[str], str]:
 
 
 def list_images(split_dir: str, classes: list[str]) -> tuple[np.ndarray, torch.Tensor]:
-    """(relative paths as a bytes array, int64 labels); a class folder without images is an error."""
-    files, labels = [], []
+    """(relative paths as a bytes array, int64 labels); a class folder without images is an error.
+    Files of other extensions are left out, and how many of each is logged in one line."""
+    files, labels, ignored = [], [], Counter()
     for label, name in enumerate(classes):
         found = []
         for dirpath, dirnames, filenames in os.walk(os.path.join(split_dir, name), followlinks=True):
             dirnames.sort()
             rel = os.path.relpath(dirpath, split_dir)
-            found += [os.path.join(rel, f) for f in sorted(filenames) if f.lower().endswith(EXTENSIONS)]
+            for f in sorted(filenames):
+                if f.lower().endswith(EXTENSIONS):
+                    found.append(os.path.join(rel, f))
+                else:
+                    ignored[os.path.splitext(f)[1].lower() or f] += 1
         if not found:
-            raise UserError(f"class folder {os.path.join(split_dir, name)} holds no .jpg, .jpeg or "
-                            ".png image: add its images or remove the folder (from train/ and val/)")
+            raise UserError(f"class folder {os.path.join(split_dir, name)} holds no image "
+                            f"({', '.join(EXTENSIONS)}): add its images or remove the folder "
+                            "(from train/ and val/)")
         files += found
         labels += [label] * len(found)
-    return np.array([f.encode() for f in files]), torch.tensor(labels, dtype=torch.int64)
+    if ignored:
+        kinds = ", ".join(f"{n} {ext}" for ext, n in ignored.most_common(5))
+        log.info(f"{split_dir}: {len(files)} images; {sum(ignored.values())} files of other "
+                 f"extensions left out ({kinds}{', ...' if len(ignored) > 5 else ''})")
+    return np.array([os.fsencode(f) for f in files]), torch.tensor(labels, dtype=torch.int64)
 
 
 class ImageFolderSource:
@@ -76,7 +89,7 @@ class ImageFolderSource:
         self.eval_root, self.eval_files, self.eval_labels = evaluation
         self.eval_split, self.transform = eval_split, transform
         self.mean, self.std = tuple(mean), tuple(std)  # the engine normalises with these
-        self.bad = BadImages()
+        self.bad = BadImages(root)
         self.num_workers = 0  # set by train_stream: the evaluation loader uses as many
         # decode=device: workers read bytes, batches are decoded on the device (folder_decode)
         self.make_loader = DeviceDecodeLoader if decode == "device" else None
