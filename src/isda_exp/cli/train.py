@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import rundir
 from ..errors import UserError
 from ..paths import config_dir
+from ..rundir.identity import is_segmentation
 from ..rundir import (
     Refused,
     RunLock,
@@ -89,7 +90,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         check_added_keys(cfg, list(hc.overrides.task), config_groups())
         share_machine(cfg, hc)
         join_ranks(cfg)
-        return run(cfg, run_dir, record)["test_error_last10"]
+        return headline(run(cfg, run_dir, record))
     except preempt.Preempted as e:  # checkpoint written and logged: hand the signal on
         preempt.redeliver(e.signum)
     except KeyboardInterrupt:  # Ctrl-C before the handlers are in place, or a second one
@@ -197,21 +198,41 @@ def _run_locked(cfg: DictConfig, run_dir: Path, record: dict[str, str]) -> dict:
 
     check_same_run(cfg, run_dir)
     summary_path = run_dir / rundir.SUMMARY
+    # ---- the one dispatch by task: a segmentation data set (dataset.task) trains iterations
+    segmentation = is_segmentation(cfg)
     if summary_path.exists():
-        summary = read_record(summary_path, "test_error_last10")
-        log.info(f"{run_dir} has already finished (test error, {averaged(summary)}: "
-                 f"{summary['test_error_last10']:.2f}%); nothing to train")
+        summary = read_record(summary_path, "miou" if segmentation else "test_error_last10")
+        log.info(f"{run_dir} has already finished ({_finished_text(summary, short=True)}); nothing to train")
         return summary
-    from ..training.trainer import Trainer
+    if segmentation:
+        from ..training.seg_trainer import SegTrainer as Trainer
+    else:
+        from ..training.trainer import Trainer
+    # ---- end of the dispatch
 
     trainer = Trainer(cfg, run_dir)  # the data is loaded: the run starts here
     if distributed.is_main():
         write_records(cfg, run_dir, record)
     summary = trainer.fit()
-    log.info(f"finished {run_dir}: test error {summary['test_error_last10']:.2f}% "
-             f"({averaged(summary)}), final "
-             f"{summary['test_error_final']:.2f}%, best {summary['test_error_best']:.2f}%")
+    log.info(f"finished {run_dir}: {_finished_text(summary)}")
     return summary
+
+
+def headline(summary: dict) -> float:
+    """What a run returns to Hydra: the test error (classification) or the mIoU (segmentation)."""
+    return summary["miou"] if summary.get("task") == "segmentation" else summary["test_error_last10"]
+
+
+def _finished_text(summary: dict, short: bool = False) -> str:
+    """The run's figures for the log: short, when it had finished before this command."""
+    if summary.get("task") == "segmentation":
+        ms = f", multi-scale {summary['miou_ms']:.2f}%, + flip {summary['miou_msf']:.2f}%" \
+            if "miou_ms" in summary else ""
+        return f"mIoU {summary['miou']:.2f}%{ms} after {summary['iterations']} iterations"
+    if short:
+        return f"test error, {averaged(summary)}: {summary['test_error_last10']:.2f}%"
+    return (f"test error {summary['test_error_last10']:.2f}% ({averaged(summary)}), final "
+            f"{summary['test_error_final']:.2f}%, best {summary['test_error_best']:.2f}%")
 
 
 

@@ -9,6 +9,7 @@ stream (streams.py). Normalisation constants (0-1 scale, RGB) are the engine's t
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .pairs import FilePairs, MemoryPairs, matched_files
 from .streams import SegEvalStream, SegTrainStream
 
 TASK = "segmentation"
+log = logging.getLogger("isda_exp")
 EVAL_MODES = ("sliding", "whole")
 SCALES = tuple(round(0.7 + k / 10, 1) for k in range(15))  # the authors' 0.7, 0.8, ..., 2.1
 
@@ -62,7 +64,15 @@ class SegmentationSource:
 
 
 def make_source(name: str, class_names, train, val, options: dict) -> SegmentationSource:
-    """The source after checking the options every loader shares and taking the subsets."""
+    """The source after checking the options every loader shares and taking the subsets.
+    train_size / test_size (expected counts) and eval_image_size are the cost estimate's
+    (isda_exp.sweeps.plan): a warning when the data holds other counts."""
+    options = dict(options)
+    options.pop("eval_image_size", None)
+    for split, pairs in (("train", train), ("test", val)):
+        expected = options.pop(f"{split}_size", None)
+        if expected is not None and int(expected) != len(pairs):
+            log.warning(f"{name}: {len(pairs)} {split} images, dataset.{split}_size says {expected}")
     o = check_options(**options)
     train = _subset(train, o.pop("train_subset"), o["subset_seed"], seeding.TRAIN_SUBSET, "train")
     val = _subset(val, o.pop("test_subset"), o.pop("subset_seed"), seeding.TEST_SUBSET, "test")
