@@ -23,12 +23,14 @@ from ..parallel import distributed
 
 
 def _up(logits: torch.Tensor, size) -> torch.Tensor:
+    """Logits upsampled bilinearly (align_corners=True), in float32 at least (bf16 under autocast)."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 def predict_whole(logits_fn, x: torch.Tensor) -> torch.Tensor:
     """Float logits [n, C, H, W] of the whole image at once."""
-    return _up(logits_fn(x).float(), x.shape[-2:])
+    return _up(logits_fn(x), x.shape[-2:])
 
 
 def windows(size: int, crop: int, stride: int) -> list[int]:
@@ -46,7 +48,7 @@ def predict_sliding(logits_fn, x: torch.Tensor, crop: int, stride: int) -> torch
             tile = x[..., top:top + crop, left:left + crop]
             h, w = tile.shape[-2:]
             padded = F.pad(tile, (0, crop - w, 0, crop - h)) if (h, w) != (crop, crop) else tile
-            out = _up(logits_fn(padded).float(), (crop, crop))[..., :h, :w]
+            out = _up(logits_fn(padded), (crop, crop))[..., :h, :w]
             if total is None:
                 total = out.new_zeros((*out.shape[:2], H, W))
                 count = out.new_zeros((1, 1, H, W))

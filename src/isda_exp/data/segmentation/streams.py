@@ -88,10 +88,13 @@ def one_line(error: UserError) -> UserError:
 
 
 def _loader(dataset, sampler, num_workers: int, device: torch.device, collate_fn=None):
+    """A DataLoader with a generator of its own: each iter() draws its workers' base seed from it,
+    not from torch's global RNG, which holds the run's dropout draws (checkpointed; a resumed
+    run's new iterator must not shift them). The items draw from their own keyed generators."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, num_workers=num_workers, collate_fn=collate_fn,
         persistent_workers=num_workers > 0, pin_memory=device.type == "cuda",
-        prefetch_factor=2 if num_workers > 0 else None)
+        prefetch_factor=2 if num_workers > 0 else None, generator=torch.Generator().manual_seed(0))
 
 
 class SegTrainStream:
