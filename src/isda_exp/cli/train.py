@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -182,10 +183,10 @@ def run(cfg: DictConfig, run_dir: Path, record: dict[str, str] | None = None) ->
     """
     check_config(cfg)
     from ..parallel import distributed
-    from ..training.build import check_buildable, resolve_auto
+    from ..training.build import resolve_auto
 
     resolve_auto(cfg)  # precision=auto -> what this device runs: the science config holds that
-    check_buildable(cfg)  # isda=on with loss=focal, aug=cutout without a hole, ...: before any work
+    task(cfg).check(cfg)  # isda=on with loss=focal, aug=cutout without a hole, ...: before any work
     # under DDP the ranks of one run share its directory: rank 0 holds the lock for all of them
     lock = RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()
     with lock, preempt.catch_signals():
@@ -198,24 +199,37 @@ def _run_locked(cfg: DictConfig, run_dir: Path, record: dict[str, str]) -> dict:
 
     check_same_run(cfg, run_dir)
     summary_path = run_dir / rundir.SUMMARY
-    # ---- the one dispatch by task: a segmentation data set (dataset.task) trains iterations
-    segmentation = is_segmentation(cfg)
+    chosen = task(cfg)
     if summary_path.exists():
-        summary = read_record(summary_path, "miou" if segmentation else "test_error_last10")
+        summary = read_record(summary_path, chosen.headline)
         log.info(f"{run_dir} has already finished ({_finished_text(summary, short=True)}); nothing to train")
         return summary
-    if segmentation:
-        from ..training.seg_trainer import SegTrainer as Trainer
-    else:
-        from ..training.trainer import Trainer
-    # ---- end of the dispatch
-
-    trainer = Trainer(cfg, run_dir)  # the data is loaded: the run starts here
+    trainer = chosen.trainer(cfg, run_dir)  # the data is loaded: the run starts here
     if distributed.is_main():
         write_records(cfg, run_dir, record)
     summary = trainer.fit()
     log.info(f"finished {run_dir}: {_finished_text(summary)}")
     return summary
+
+
+class Task(NamedTuple):
+    check: Callable  # the checks only building can judge, before any file is written
+    trainer: Callable  # (cfg, run_dir) -> an object whose fit() trains and returns the summary
+    headline: str  # the summary's figure
+
+
+def task(cfg: DictConfig) -> Task:
+    """---- The one dispatch by task: a data set declaring `task: segmentation` trains with the
+    segmentation trainer (iterations, per-pixel ISDA, mIoU), every other with the epoch trainer."""
+    if is_segmentation(cfg):
+        from ..training.seg_build import check_seg_buildable
+        from ..training.seg_trainer import SegTrainer
+
+        return Task(check_seg_buildable, SegTrainer, "miou")
+    from ..training.build import check_buildable
+    from ..training.trainer import Trainer
+
+    return Task(check_buildable, Trainer, "test_error_last10")
 
 
 def headline(summary: dict) -> float:

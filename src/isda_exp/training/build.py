@@ -171,11 +171,5 @@ def build_optimizer(cfg: DictConfig, params, epochs: int, batch_size: int | None
 def check_buildable(cfg: DictConfig) -> None:
     """The choices that only building can judge (the loss pairing, the augmentation), before any
     file of the run is written: cheap, no data or model is built."""
-    from ..rundir.identity import is_segmentation
-
-    if is_segmentation(cfg):  # ---- segmentation runs: their own checks (seg_build)
-        from .seg_build import check_seg_buildable
-
-        return check_seg_buildable(cfg)
     check_loss(cfg)
     build(cfg.aug)

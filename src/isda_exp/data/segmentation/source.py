@@ -182,11 +182,13 @@ def load_seg_folder(name: str, root, num_classes, ignore_index: int | None = 255
     return make_source(name, _names(class_names, num_classes, root), *splits, options)
 
 
-def load_cityscapes(name: str = "cityscapes", root=None, task: str = TASK, **options) -> SegmentationSource:
+def load_cityscapes(name: str = "cityscapes", root=None, num_classes: int = 19, task: str = TASK,
+                    **options) -> SegmentationSource:
     """Cityscapes fine: leftImg8bit/{train,val}/CITY/*_leftImg8bit.png with
     gtFine/{train,val}/CITY/*_gtFine_labelIds.png, label ids mapped to the 19 train ids."""
     layout = "leftImg8bit/{train,val}/CITY/*_leftImg8bit.png and gtFine/{train,val}/CITY/*_gtFine_labelIds.png"
     root = _root(root, name, layout)
+    _fixed_classes(num_classes, 19, name)
     lut = cityscapes_lut()
     splits = [FilePairs(*matched_files(_dir(os.path.join(root, "leftImg8bit", s), layout),
                                        _dir(os.path.join(root, "gtFine", s), layout),
@@ -195,7 +197,7 @@ def load_cityscapes(name: str = "cityscapes", root=None, task: str = TASK, **opt
     return make_source(name, CITYSCAPES_CLASSES, *splits, options)
 
 
-def load_voc(name: str = "voc", root=None, augmented: bool = False,
+def load_voc(name: str = "voc", root=None, num_classes: int = 21, augmented: bool = False,
              augmented_masks: str = "SegmentationClassAug",
              augmented_list: str = "ImageSets/Segmentation/train_aug.txt", task: str = TASK,
              **options) -> SegmentationSource:
@@ -205,12 +207,19 @@ def load_voc(name: str = "voc", root=None, augmented: bool = False,
     augmented_masks), evaluating on the same 1,449 val images."""
     layout = "JPEGImages/, SegmentationClass/ and ImageSets/Segmentation/{train,val}.txt"
     root = _root(root, name, layout)
+    _fixed_classes(num_classes, 21, name)
     lut = index_lut(21, 255)
     train_list = augmented_list if augmented else "ImageSets/Segmentation/train.txt"
     train_masks = augmented_masks if augmented else "SegmentationClass"
     train = _voc_pairs(root, train_list, train_masks, lut, layout)
     val = _voc_pairs(root, "ImageSets/Segmentation/val.txt", "SegmentationClass", lut, layout)
     return make_source(name, VOC_CLASSES, train, val, options)
+
+
+def _fixed_classes(num_classes, fixed: int, name: str) -> None:
+    if num_classes != fixed:
+        raise UserError(f"dataset.num_classes={num_classes} but {name} has {fixed} classes: leave it "
+                        f"at {fixed} (dataset=seg_folder takes a class count of your own)")
 
 
 def _voc_pairs(root: str, listing: str, masks: str, lut, layout: str) -> FilePairs:
