@@ -140,7 +140,7 @@ def main() -> None:
     print(f"DeepLab-v3 (ResNet-101, 512-channel heads) step, batch 2, crop {args.crop}: "
           f"{t['step_plain']:.2f} s plain, {t['step_isda']:.2f} s with ISDA on both heads; the loss "
           f"alone {t['loss_plain'] * 1e3:.1f} ms plain, {t['loss_isda'] * 1e3:.1f} ms with ISDA: "
-          f"ISDA is {share:.1%} of the step")
+          f"ISDA is {share:.2%} of the step")
 
 
 if __name__ == "__main__":

@@ -7,15 +7,13 @@ collective a step), so the ranks' averaged gradients are the one-process gradien
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from ..data.normalize import normalize
 from ..data.segmentation.transforms import zero_outside
 from ..losses.pixel_isda import VOID
 from ..parallel import distributed
-from .engine import PRECISIONS
+from .engine import PRECISIONS, Engine
 
 
 class SegEngine:
@@ -31,10 +29,7 @@ class SegEngine:
         self.amp_dtype = PRECISIONS[precision]
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+    autocast = Engine.autocast  # the run's mixed-precision context (a no-op in fp32)
 
     def normalised(self, x: torch.Tensor, boxes: torch.Tensor | None = None) -> torch.Tensor:
         """uint8 images -> normalised float, 0 outside each image's box (the crop's padding)."""
