@@ -105,3 +105,20 @@ def test_bad_masks_from_the_command_line_are_one_line_exit_2(tmp_path, cli_here)
     proc = cli_here(*args, check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "label values [7] outside the 4 classes" in proc.stderr
+
+
+@pytest.mark.parametrize("override, message", [
+    ("aug=cutout", "aug=cutout is a CIFAR augmentation"),
+    ("model=resnet32", "model=resnet32 is a classification model"),
+    ("loss=focal", "loss=focal is not available"),
+    ("trainer.isda_statistics=local", "trainer.isda_statistics=local is not allowed: use global or per_rank"),
+    ("trainer.batch_size=1", "leaves 1 image per rank"),
+    ("dataset.evaluation.stride=99", "stride=99 is not allowed"),
+])
+def test_a_segmentation_command_that_cannot_work_is_one_line(tmp_path, cli_here, override, message):
+    root = tmp_path / "data"
+    write_seg_folder(str(root), 2, 1, size=(20, 24))
+    proc = cli_here(*FOLDER, f"dataset.root={root}", override, check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert message in proc.stderr
+    assert not list((tmp_path / "runs").rglob("last.pt"))

@@ -18,7 +18,6 @@ OPTIONS = dict(crop_size=32, train_scales=[1.0], flip=True, mean=[0.5] * 3, std=
                evaluation=dict(mode="whole", scales=[1.0], flip=False))
 
 
-@pytest.mark.slow  # two ResNet-50 networks: their initialisation alone takes seconds
 def test_deeplabv3_is_torchvisions_network_cut_before_its_classifiers():
     import torchvision
 

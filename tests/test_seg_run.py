@@ -64,7 +64,10 @@ def test_a_run_writes_its_records_and_the_same_command_skips_it(tmp_path, caplog
     stored = json.loads((run_dir / "run_config.json").read_text())
     assert stored["trainer"] == {"iterations": 6, "batch_size": 4, "precision": "fp32",
                                  "isda_statistics": "global"}
-    assert list((run_dir / "tb").iterdir())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(run_dir / "tb")).Reload().Tags()["scalars"]
+    assert {"train_loss", "lr", "lambda", "miou", "miou_msf", "iou/shape2", "iou_ms/background"} <= set(tags)
     again = run(composed("trainer.iterations=6", "trainer.log_every=2", "trainer.eval_every=4",
                          "trainer.checkpoint_every=3"), run_dir)
     assert again["miou"] == summary["miou"] and "has already finished" in caplog.text
