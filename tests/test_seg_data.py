@@ -122,3 +122,16 @@ def test_a_segmentation_command_that_cannot_work_is_one_line(tmp_path, cli_here,
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert message in proc.stderr
     assert not list((tmp_path / "runs").rglob("last.pt"))
+
+
+def test_an_unreadable_image_is_replaced_by_the_next_pair_and_a_colour_mask_is_refused(tmp_path, caplog):
+    write_seg_folder(str(tmp_path), 3, 1, size=(20, 24))
+    (tmp_path / "images" / "train" / "scene0001.png").write_bytes(b"not a png")
+    source = load_seg_folder("f", str(tmp_path), 4, **OPTIONS)
+    img, mask = source.train.read(1)
+    want = scenes(4, (20, 24), 4, 0)
+    assert np.array_equal(mask.numpy(), want[1][2]) and "unreadable image or mask" in caplog.text
+    rgb = tmp_path / "masks" / "train" / "scene0000.png"
+    Image.fromarray(np.stack([want[1][0]] * 3, -1)).save(rgb)
+    with pytest.raises(UserError, match="is a RGB image: masks must be class-index PNGs"):
+        source.train.read(0)
