@@ -129,3 +129,12 @@ def test_three_hundred_iterations_learn_the_generated_scenes(tmp_path):
                                "dataset.test_size=16", "trainer.batch_size=8",
                                "trainer.log_every=100"), tmp_path / method)
         assert summary["miou"] > 50 and summary["pixel_acc"] > 85, (method, summary["miou"])
+
+
+def test_a_diverging_run_stops_with_one_line_and_failed_json(tmp_path, cli_here):
+    proc = cli_here(*TINY, "trainer.iterations=8", "trainer.log_every=4", "model.recipe.lr=1e8",
+                    "out_root=runs", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "training diverged at iteration" in proc.stderr and "model.recipe.lr" in proc.stderr
+    failed = json.loads((tmp_path / "runs" / RUN / "failed.json").read_text())
+    assert failed["reason"] == "diverged" and not (tmp_path / "runs" / RUN / "summary.json").exists()
