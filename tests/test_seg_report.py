@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from scipy import stats
 
 from isda_exp.cli.train import run
@@ -85,3 +86,15 @@ def test_make_table7_dry_lists_the_four_runs_and_their_cost(capsys):
              for n in (100, 200, 400)]
     assert small[2] - small[1] == pytest.approx(2 * (small[1] - small[0]))  # linear in iterations
     assert small[0] > 0
+
+
+def test_explain_refuses_a_segmentation_run_in_one_line(runs, capsys):
+    from isda_exp.explain.cli import main as explain_main
+
+    root, _ = runs
+    run_dir = next(p.parent for p in root.rglob("summary.json"))
+    (run_dir / ".hydra").mkdir(exist_ok=True)  # what the command line writes (run() alone does not)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(composed("isda=off")))
+    assert explain_main([str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a segmentation run" in err[0] and "--table 7" in err[0]
