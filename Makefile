@@ -225,3 +225,33 @@ table4-smoke:  ## Table 4 in miniature on real JPEGs (CIFAR-10 as class folders)
 	  trainer.channels_last=false trainer.progress=false $(if $(MODELS),model=$(MODELS)) $(ARGS); status=$$?; \
 	$(PY) -m isda_exp.report $(TABLE4_SMOKE)/runs --table 4 --out $(TABLE4_SMOKE)/table4.md && $(PY) -m isda_exp.report $(TABLE4_SMOKE)/runs --table 4 --curves $(TABLE4_SMOKE)/table4_curves.png; \
 	exit $$(( status || $$? ))
+
+# ------------------------------------------------------------------ Table 7 (segmentation)
+# make table7 CITYSCAPES=DIR: DeepLab-v3 and PSPNet (ResNet-101) x baseline/ISDA on Cityscapes fine
+# (DIR/leftImg8bit, DIR/gtFine) with the authors' recipe (configs/experiment/table7.yaml), then the
+# table beside the paper's mIoU (single scale / multi-scale / + flip) with ISDA - baseline in
+# $(OUT)/table7.md. DRY=1 lists the 4 runs and their cost (no data needed).
+# table7-smoke: the same sweep on the generated segmentation set (tiny DeepLab-v3 and PSPNet, 300
+# iterations, 2 seeds) on the CPU, through the same trainer, report and table.
+.PHONY: table7 table7-smoke
+CITYSCAPES ?=
+TABLE7_SMOKE = $(OUT)/smoke/table7
+TABLE7_SMOKE_MODELS = deeplabv3_tiny,pspnet_tiny
+
+table7:  ## Table 7 on Cityscapes: CITYSCAPES=DIR (DRY=1: the runs and their cost)
+	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.sweeps.plan experiment=table7 out_root=$(OUT)/table7 $(ARGS); else \
+	  test -n "$(CITYSCAPES)" || { echo "error: give CITYSCAPES=DIR (DIR/leftImg8bit/{train,val}, DIR/gtFine/{train,val})"; exit 2; }; \
+	  $(PY) -m isda_exp -m experiment=table7 out_root=$(OUT)/table7 'dataset.root=$(abspath $(CITYSCAPES))' $(ARGS); status=$$?; \
+	  $(PY) -m isda_exp.report $(OUT)/table7 --table 7 --out $(OUT)/table7.md && \
+	  $(PY) -m isda_exp.report $(OUT)/table7 --table 7 --format csv --out $(OUT)/table7.csv && cat $(OUT)/table7.md; \
+	  exit $$(( status || $$? )); fi
+
+table7-smoke:  ## Table 7 in miniature on generated scenes on the CPU (about 2 minutes on 2 cores)
+	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
+	@$(PY) -m isda_exp -m experiment=table7 out_root=$(TABLE7_SMOKE)/runs dataset=seg_synthetic \
+	  model=$(or $(MODELS),$(TABLE7_SMOKE_MODELS)) model.pretrained=null seed=$(SMOKE_SEEDS) \
+	  trainer.sync_bn=false trainer.log_every=100 trainer.num_workers=0 trainer.threads=1 \
+	  trainer.progress=false $(ARGS); status=$$?; \
+	$(PY) -m isda_exp.report $(TABLE7_SMOKE)/runs --table 7 --out $(TABLE7_SMOKE)/table7.md && cat $(TABLE7_SMOKE)/table7.md; \
+	exit $$(( status || $$? ))

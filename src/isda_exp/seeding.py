@@ -16,6 +16,7 @@ ORDER = 1           # an epoch's training order: (seed, epoch, ORDER)
 BATCH_AUGMENT = 2   # a batch's crops, flips and holes: (seed, epoch, BATCH_AUGMENT, batch)
 TRAIN_NOISE = 3     # dropout and shake-shake draws of an epoch: (seed, epoch, TRAIN_NOISE[, rank])
 DISTURB = 4         # DisturbLabel's label noise: (seed, epoch, DISTURB, step)
+SEG_NOISE = 5       # dropout draws of a segmentation run (no epochs): (seed, 0, SEG_NOISE, rank)
 TRAIN_SUBSET = 11   # dataset.train_subset: (subset_seed, TRAIN_SUBSET)
 TEST_SUBSET = 12    # dataset.test_subset: (subset_seed, TEST_SUBSET)
 HOLDOUT = 13        # dataset.validation's hold-out: (subset_seed, HOLDOUT)
@@ -23,6 +24,7 @@ HOLDOUT = 13        # dataset.validation's hold-out: (subset_seed, HOLDOUT)
 # item_seed streams of one image's per-image augmentation (AutoAugment pipeline)
 ITEM_CROP = 0       # crop, flip and Cutout of the image
 ITEM_POLICY = 1     # torchvision AutoAugment's draws
+ITEM_SEG = 2        # a segmentation pair's scale, crop and flip (data.segmentation.transforms)
 
 
 def mix_seed(*parts: int) -> int:
@@ -45,6 +47,11 @@ def batch_augment_seed(seed: int, epoch: int, batch: int) -> int:
 def train_noise_seed(seed: int, epoch: int, rank: int | None = None) -> int:
     """Dropout and shake-shake: one stream per epoch, and per rank when several ranks train."""
     return mix_seed(seed, epoch, TRAIN_NOISE, *([] if rank is None else [rank]))
+
+
+def seg_noise_seed(seed: int, rank: int = 0) -> int:
+    """Dropout of a segmentation run: seeded once at its start, per rank (then checkpointed)."""
+    return mix_seed(seed, 0, SEG_NOISE, rank)
 
 
 def disturb_seed(seed: int, epoch: int, step: int) -> int:

@@ -11,6 +11,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from .. import rundir
 from ..errors import UserError
 from ..paths import config_dir
+from ..rundir.identity import is_segmentation
 from ..rundir import (
     Refused,
     RunLock,
@@ -89,7 +91,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
         check_added_keys(cfg, list(hc.overrides.task), config_groups())
         share_machine(cfg, hc)
         join_ranks(cfg)
-        return run(cfg, run_dir, record)["test_error_last10"]
+        return headline(run(cfg, run_dir, record))
     except preempt.Preempted as e:  # checkpoint written and logged: hand the signal on
         preempt.redeliver(e.signum)
     except KeyboardInterrupt:  # Ctrl-C before the handlers are in place, or a second one
@@ -181,10 +183,10 @@ def run(cfg: DictConfig, run_dir: Path, record: dict[str, str] | None = None) ->
     """
     check_config(cfg)
     from ..parallel import distributed
-    from ..training.build import check_buildable, resolve_auto
+    from ..training.build import resolve_auto
 
     resolve_auto(cfg)  # precision=auto -> what this device runs: the science config holds that
-    check_buildable(cfg)  # isda=on with loss=focal, aug=cutout without a hole, ...: before any work
+    task(cfg).check(cfg)  # isda=on with loss=focal, aug=cutout without a hole, ...: before any work
     # under DDP the ranks of one run share its directory: rank 0 holds the lock for all of them
     lock = RunLock(run_dir) if distributed.is_main() else contextlib.nullcontext()
     with lock, preempt.catch_signals():
@@ -197,21 +199,54 @@ def _run_locked(cfg: DictConfig, run_dir: Path, record: dict[str, str]) -> dict:
 
     check_same_run(cfg, run_dir)
     summary_path = run_dir / rundir.SUMMARY
+    chosen = task(cfg)
     if summary_path.exists():
-        summary = read_record(summary_path, "test_error_last10")
-        log.info(f"{run_dir} has already finished (test error, {averaged(summary)}: "
-                 f"{summary['test_error_last10']:.2f}%); nothing to train")
+        summary = read_record(summary_path, chosen.headline)
+        log.info(f"{run_dir} has already finished ({_finished_text(summary, short=True)}); nothing to train")
         return summary
-    from ..training.trainer import Trainer
-
-    trainer = Trainer(cfg, run_dir)  # the data is loaded: the run starts here
+    trainer = chosen.trainer(cfg, run_dir)  # the data is loaded: the run starts here
     if distributed.is_main():
         write_records(cfg, run_dir, record)
     summary = trainer.fit()
-    log.info(f"finished {run_dir}: test error {summary['test_error_last10']:.2f}% "
-             f"({averaged(summary)}), final "
-             f"{summary['test_error_final']:.2f}%, best {summary['test_error_best']:.2f}%")
+    log.info(f"finished {run_dir}: {_finished_text(summary)}")
     return summary
+
+
+class Task(NamedTuple):
+    check: Callable  # the checks only building can judge, before any file is written
+    trainer: Callable  # (cfg, run_dir) -> an object whose fit() trains and returns the summary
+    headline: str  # the summary's figure
+
+
+def task(cfg: DictConfig) -> Task:
+    """---- The one dispatch by task: a data set declaring `task: segmentation` trains with the
+    segmentation trainer (iterations, per-pixel ISDA, mIoU), every other with the epoch trainer."""
+    if is_segmentation(cfg):
+        from ..training.seg_build import check_seg_buildable
+        from ..training.seg_trainer import SegTrainer
+
+        return Task(check_seg_buildable, SegTrainer, "miou")
+    from ..training.build import check_buildable
+    from ..training.trainer import Trainer
+
+    return Task(check_buildable, Trainer, "test_error_last10")
+
+
+def headline(summary: dict) -> float:
+    """What a run returns to Hydra: the test error (classification) or the mIoU (segmentation)."""
+    return summary["miou"] if summary.get("task") == "segmentation" else summary["test_error_last10"]
+
+
+def _finished_text(summary: dict, short: bool = False) -> str:
+    """The run's figures for the log: short, when it had finished before this command."""
+    if summary.get("task") == "segmentation":
+        ms = f", multi-scale {summary['miou_ms']:.2f}%, + flip {summary['miou_msf']:.2f}%" \
+            if "miou_ms" in summary else ""
+        return f"mIoU {summary['miou']:.2f}%{ms} after {summary['iterations']} iterations"
+    if short:
+        return f"test error, {averaged(summary)}: {summary['test_error_last10']:.2f}%"
+    return (f"test error {summary['test_error_last10']:.2f}% ({averaged(summary)}), final "
+            f"{summary['test_error_final']:.2f}%, best {summary['test_error_best']:.2f}%")
 
 
 

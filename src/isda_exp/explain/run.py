@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .. import rundir
 from ..errors import UserError
+from ..rundir.identity import is_segmentation
 from ..rundir.moved import current_targets
 
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
@@ -43,6 +44,10 @@ def load_run(run_dir: str | Path, overrides: list[str] | None = None) -> RunSnap
         raise UserError(f"{run_dir} is not a directory; pass the folder of one run, e.g. "
                         "outputs/runs/cifar10/resnet32/baseline/isda/seed0")
     cfg = read_config(path)
+    if is_segmentation(cfg):  # per-pixel features of two heads: not what explain's figures read
+        raise UserError(f"{path} is a segmentation run: explain reads classification runs (pooled "
+                        "features, one classifier); report segmentation runs with "
+                        "python -m isda_exp.report DIR --table 7")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:

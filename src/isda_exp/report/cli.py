@@ -6,7 +6,7 @@ import os
 import sys
 
 from ..rundir.files import CHECKPOINT, CONFIG, FAILED, METRICS, SUMMARY, atomic_write
-from . import table4
+from . import table4, table7
 from .curves import plot_curves
 from .groups import aggregate
 from .listing import format_pending
@@ -24,6 +24,9 @@ def build_report(root: str | os.PathLike, fmt: str = "md", table: int | None = N
         raise ReportError(f"no runs under '{root}' (no folder with {SUMMARY}, {FAILED}, "
                           f"{METRICS}, {CHECKPOINT} or {CONFIG}); check the path")
     rows = aggregate(runs)
+    if not rows and any(r.summary and r.summary.get("task") == "segmentation" for r in runs):
+        raise ReportError(f"the finished runs under '{root}' are segmentation runs (mIoU): report "
+                          "them with --table 7")
     if not rows:
         pending = sum(r.status == "in_progress" for r in runs)
         raise ReportError(f"no finished runs under '{root}' ({pending} in progress, "
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.table == 4:
             return _table4(args, select)
+        if args.table == 7:  # ---- Table 7 (segmentation): report.table7
+            return _table7(args, select)
         if args.curves:
             runs = select_runs(load_runs(args.runs_dir), **select)
             n = plot_curves(args.runs_dir, args.curves, runs=runs)
@@ -79,6 +84,22 @@ def _table4(args, select: dict) -> int:
     return 0
 
 
+def _table7(args, select: dict) -> int:
+    """Table 7 (Markdown or CSV): mIoU single scale / multi-scale / + flip beside the paper's,
+    with ISDA - baseline and its Welch 95% CI."""
+    if args.format == "tex" or args.compare or args.curves:
+        raise ReportError("--table 7 is set in Markdown or CSV (it holds the ISDA - baseline "
+                          "differences): drop --format tex, --compare and --curves")
+    runs = select_runs(load_runs(args.runs_dir), **select)
+    rows = table7.table7_rows(runs)
+    if not rows:
+        raise ReportError(f"no finished segmentation runs under '{args.runs_dir}' for Table 7 (make "
+                          "table7 writes outputs/table7)", listing=format_pending(runs, "csv", args.runs_dir))
+    text = table7.to_csv(rows) if args.format == "csv" else table7.markdown(rows)
+    _emit(text, format_pending(runs, "md", args.runs_dir), args.out)
+    return 0
+
+
 def _emit(text: str, side: str, out: str | None) -> None:
     """The table to `out` (atomically) or stdout; the not-averaged listing to stderr."""
     if out:
@@ -96,8 +117,9 @@ def _parser() -> argparse.ArgumentParser:
         "Figure 2's curves with --curves."))
     p.add_argument("runs_dir", help="folder holding the run directories (searched recursively)")
     p.add_argument("--format", choices=FORMATS, default="md")
-    p.add_argument("--table", type=int, choices=sorted([*TABLES, 4]),
-                   help="lay out as the paper's Table 1, 2, 3, 4 (ImageNet: top-1 / top-5) or 5")
+    p.add_argument("--table", type=int, choices=sorted([*TABLES, 4, 7]),
+                   help="lay out as the paper's Table 1, 2, 3, 4 (ImageNet: top-1 / top-5), 5 or 7 "
+                        "(Cityscapes segmentation: mIoU)")
     p.add_argument("--out", help="write to this file (atomically) instead of stdout")
     p.add_argument("--curves", metavar="OUT.png", help="plot test error per epoch instead")
     p.add_argument("--compare", action="store_true", help=(

@@ -51,8 +51,8 @@ def aggregate(runs: Iterable[RunRecord]) -> list[Row]:
     the keys that differ and the runs); a seed finished twice is counted once, with a note.
     """
     groups: dict[Key, list[RunRecord]] = defaultdict(list)
-    for run in runs:
-        if run.status == "finished" and run.key is not None:
+    for run in runs:  # segmentation runs (mIoU, no test error) are Table 7's (report.table7)
+        if run.status == "finished" and run.key is not None and "test_error_last10" in run.summary:
             groups[run.key].append(run)
     return sorted((_row(key, *_members(key, members)) for key, members in groups.items()),
                   key=lambda r: group_order(r.key))

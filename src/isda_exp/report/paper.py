@@ -189,3 +189,18 @@ def _add_table3(table: dict) -> None:
 
 
 _add_table3(PAPER)
+
+
+# ------------------------------------------------------------------ Table 7 (segmentation)
+# The journal version's Table 7: Cityscapes val mIoU (%) of ResNet-101 networks trained by the
+# authors, single scale / multi-scale {0.75, 1, 1.25} / multi-scale + flip (one run each).
+# Keyed by (model, method): the registry names of the ResNet-101 networks and the report's labels.
+TABLE7 = {
+    ("pspnet_resnet101", "baseline"): (77.46, 78.10, 78.41),
+    ("pspnet_resnet101", "isda"): (78.72, 79.64, 79.44),
+    ("deeplabv3_resnet101", "baseline"): (78.38, 79.20, 79.47),
+    ("deeplabv3_resnet101", "isda"): (79.41, 80.30, 80.36),
+}
+TABLE7_MODELS = {"pspnet_resnet101": "PSPNet (ResNet-101)",
+                 "deeplabv3_resnet101": "DeepLab-v3 (ResNet-101)"}
+TABLE7_DATASET = "cityscapes"

@@ -162,11 +162,12 @@ def _read_json(path: Path) -> dict:
 
 def _summary_key(summary: dict) -> Key:
     """The group key of a finished run; ValueError naming the field when the summary is unusable."""
-    missing = [f for f in REQUIRED_FIELDS if f not in summary]
+    headline = "miou" if summary.get("task") == "segmentation" else "test_error_last10"  # Table 7's
+    missing = [f for f in (headline, *REQUIRED_FIELDS[1:]) if f not in summary]
     if missing:
         raise ValueError(f"missing field(s) {', '.join(missing)}")
-    if number_or_none(summary["test_error_last10"]) is None:
-        raise ValueError(f"test_error_last10 is {summary['test_error_last10']!r}, not a number")
+    if number_or_none(summary[headline]) is None:
+        raise ValueError(f"{headline} is {summary[headline]!r}, not a number")
     label = identity.summary_label(summary) + (HOLDOUT if summary.get("eval_split") == "holdout" else "")
     return (str(summary["dataset"]), str(summary["model"]), str(summary["aug"]), label)
 

@@ -91,6 +91,8 @@ def science_config(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     trainer = c.get("trainer", {})
     keep = {k: trainer.get(k) for k in ("epochs", "batch_size", "precision")}
+    if is_segmentation(c):  # iterations instead of epochs; where ISDA's statistics are pooled
+        keep = {k: trainer.get(k) for k in ("iterations", "batch_size", "precision", "isda_statistics")}
     # the pretrained file's path is where it is, not what it is: model.pretrained_id names it
     science = {"seed": c["seed"], "model": _without(c["model"], ("pretrained",)),
                # where the data is and how it is decoded (decode: the same pixels), not what it is
@@ -98,6 +100,11 @@ def science_config(cfg: DictConfig) -> dict:
                "aug": _without(c["aug"], ("_target_",)),  # how it is built, not what it is
                "isda": c["isda"], "trainer": keep, "loss": c.get("loss")}
     return _as_stored_before(science)
+
+
+def is_segmentation(config) -> bool:
+    """A segmentation run's config (composed, or stored): its data set declares the task."""
+    return str((config.get("dataset") or {}).get("task") or "classification") == "segmentation"
 
 
 def _as_stored_before(science: dict) -> dict:
@@ -124,6 +131,14 @@ def averaging_config(cfg: DictConfig, world_size: int) -> dict:
     run's effective epochs and batch size and how it was trained."""
     science = _without(science_config(cfg), ("seed",))
     t, recipe = cfg.trainer, cfg.model.recipe
+    if is_segmentation(cfg):
+        science["trainer"] = {
+            "iterations": int(recipe.iterations if t.get("iterations") is None else t.iterations),
+            "batch_size": int(recipe.batch_size if t.batch_size is None else t.batch_size),
+            "precision": str(t.precision), "channels_last": bool(t.get("channels_last")),
+            "sync_bn": bool(t.get("sync_bn")) and world_size > 1, "world_size": int(world_size),
+            "isda_statistics": str(t.get("isda_statistics") or "global")}
+        return science
     science["trainer"] = {
         "epochs": int(recipe.epochs if t.epochs is None else t.epochs),
         "batch_size": int(recipe.batch_size if t.batch_size is None else t.batch_size),

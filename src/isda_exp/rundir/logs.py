@@ -41,15 +41,21 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=len(history) + 1 if history else None)
+            # events after the checkpoint's last row are dropped (epochs 1..n, or iterations)
+            last = history[-1].get("epoch", history[-1].get("iteration")) if history else None
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=last + 1 if history else None)
 
     def append(self, row: dict) -> None:
         with disk_errors(self.path), open(self.path, "a") as f:
             f.write(_line(row))
         if self.writer is not None:
+            step_key = "epoch" if "epoch" in row else "iteration"  # segmentation rows: iterations
             for key, value in row.items():
-                if key != "epoch" and isinstance(value, (int, float)):  # not eval_split, bad_files
-                    self.writer.add_scalar(key, value, row["epoch"])
+                if isinstance(value, dict):  # per-class IoU: one scalar per class
+                    for name, v in value.items():
+                        self.writer.add_scalar(f"{key}/{name}", v, row[step_key])
+                elif key != step_key and isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.writer.add_scalar(key, value, row[step_key])  # not eval_split, bad_files
             self.writer.flush()
 
     def close(self) -> None:

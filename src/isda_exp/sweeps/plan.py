@@ -8,15 +8,19 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import itertools
+import json
 import sys
 
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from ..models import cost
 from ..paths import config_dir
 from ..rundir.files import CHECKPOINT, SUMMARY, run_dir_of
+from ..rundir.identity import is_segmentation
 from ..training.build import run_length
 
 FULL_SIZES = dict.fromkeys(("cifar10", "cifar100"), (cost.CIFAR_TRAIN, cost.CIFAR_TEST))
@@ -51,6 +55,8 @@ def job_cost(cfg) -> dict:
     """Epochs, data sizes and forward/training FLOPs of one composed run."""
     from ..models import flops_per_image
 
+    if is_segmentation(cfg):  # ---- iterations of crops, sliding-window evaluations
+        return seg_job_cost(cfg)
     epochs, _ = run_length(cfg)
     n_train, n_test = FULL_SIZES.get(cfg.dataset.name, (cfg.dataset.get("train_size", 0),
                                                         cfg.dataset.get("test_size", 0)))
@@ -64,6 +70,45 @@ def job_cost(cfg) -> dict:
     flops = flops_per_image(name, int(cfg.dataset.num_classes or 1000))
     return {"epochs": epochs, "train_images": n_train,
             "pflops": cost.run_pflops(flops, epochs, n_train, n_test)}
+
+
+def seg_job_cost(cfg) -> dict:
+    """A segmentation run: 3 forward passes (forward + backward, both heads) per training crop,
+    plus the evaluations: the periodic single-scale ones and the final one (single scale, and
+    every scale with and without flip when dataset.evaluation asks for them), window by window."""
+    from ..training.seg_build import seg_length
+    from ..training.seg_eval import windows
+
+    iterations, batch = seg_length(cfg)
+    d, e = cfg.dataset, cfg.dataset.evaluation
+    classes = int(d.get("num_classes") or 19)
+    net = json.dumps({**OmegaConf.to_container(cfg.model.net, resolve=True), "pretrained": None})
+    window = int(e.crop or d.crop_size)
+    forward = _seg_flops(net, classes, int(d.crop_size), True)
+    evaluate = _seg_flops(net, classes, window, False)
+    H, W = (d.get("eval_image_size") or [window, window])
+    n_test = int(d.test_subset or d.get("test_size") or 0)
+
+    def passes(scale: float) -> float:  # one image at one scale, in forward passes of a window
+        h, w = H * scale, W * scale
+        if e.mode == "sliding":
+            return len(windows(int(h), window, int(e.stride))) * len(windows(int(w), window, int(e.stride)))
+        return h * w / window ** 2
+    final = passes(1.0) + (2 * sum(passes(s) for s in e.scales) if list(e.scales) != [1.0] or e.flip else 0)
+    evals = iterations // int(cfg.trainer.eval_every) if cfg.trainer.get("eval_every") else 0
+    flops = cost.TRAIN_PASSES * forward * batch * iterations + n_test * evaluate * (final + evals * passes(1.0))
+    return {"epochs": f"{iterations}it", "train_images": int(d.train_subset or d.get("train_size") or 0),
+            "pflops": flops / 1e15}
+
+
+@functools.lru_cache(maxsize=None)
+def _seg_flops(net: str, classes: int, size: int, train: bool) -> int:
+    """Forward FLOPs of a segmentation network (its config as JSON, weights never downloaded),
+    built once per configuration: the jobs of a sweep share their networks."""
+    from ..models.segmentation import forward_flops
+    from ..training.build import build
+
+    return forward_flops(build(OmegaConf.create(json.loads(net)), num_classes=classes), size, train)
 
 
 def composed(jobs: list[list[str]]):

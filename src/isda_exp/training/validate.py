@@ -61,6 +61,15 @@ RULES: dict[str, tuple[str, object]] = {
     "dataset.train_size": POSITIVE_INT,
     "dataset.test_size": POSITIVE_INT,
     "aug.cutout_length": ("an integer >= 0 (0 = no Cutout)", _int_at_least(0)),
+    # ---- segmentation runs (dataset.task=segmentation)
+    "model.recipe.iterations": POSITIVE_INT,
+    "model.recipe.power": ("a number > 0, e.g. 0.9", lambda v: _num(v) and v > 0),
+    "model.recipe.aux_weight": ("a number >= 0, e.g. 0.4", lambda v: _num(v) and v >= 0),
+    "trainer.iterations": ("null (the model's recipe) or an integer >= 1", _optional(_int_at_least(1))),
+    "trainer.log_every": POSITIVE_INT,
+    "trainer.eval_every": ("null (at the end only) or an integer >= 1", _optional(_int_at_least(1))),
+    "trainer.checkpoint_every": POSITIVE_INT,
+    "trainer.isda_statistics": ("global or per_rank", lambda v: v in ("global", "per_rank")),
 }
 
 
