@@ -1,29 +1,24 @@
 """Reading one image and one mask from disk: the only two functions of the segmentation data that
 touch image files.
 
-Images go through `read_image` alone (torchvision.io today), so the decoder can be switched in
-one place. Masks are read with Pillow (`np.array(Image.open(path))`), which gives the stored
+Images go through `read_image`, which is the image folders' one decode function
+(isda_exp.data.folder.decode: TorchCodec, Pillow for BMP/TIFF; RGB uint8 with the EXIF orientation
+applied, so a mask must be drawn on the upright image). Masks are read with Pillow (`np.array(Image.open(path))`), which gives the stored
 values of a palette ('P') or grey ('L') PNG exactly: the palette index, never a colour.
 """
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 import torch
 
 from ...errors import UserError
-
-# torchvision 0.29 deprecates its image I/O in favour of TorchCodec and warns on every call
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of "
-                        "TorchVision are deprecated", category=DeprecationWarning)
+from ..folder.decode import decode_file
 
 
 def read_image(path: str) -> torch.Tensor:
-    """uint8 [3, H, W] RGB of a JPEG or PNG file (raises on a file that does not decode)."""
-    from torchvision.io import ImageReadMode, decode_image, read_file
-
-    return decode_image(read_file(path), mode=ImageReadMode.RGB)
+    """uint8 [3, H, W] RGB of an image file (decode.Undecodable, a ValueError, when it does not
+    decode; OSError when it cannot be read)."""
+    return decode_file(path)
 
 
 def read_mask(path: str) -> np.ndarray:
