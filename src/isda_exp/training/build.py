@@ -50,12 +50,8 @@ def build_run(cfg: DictConfig) -> RunObjects:
     check_loss(cfg)
     resolve_auto(cfg)
     t = cfg.trainer
-    if t.threads:
-        torch.set_num_threads(int(t.threads))
-    device = resolve_device(str(cfg.device))
+    device, seed = start_run(cfg)
     epochs, batch_size = run_length(cfg)
-    seed = int(cfg.seed)
-    torch.manual_seed(init_seed(seed))
     data = build_data(cfg)
     distributed.check_split(batch_size, data.num_train, distributed.world())
     net, fc = build_model(cfg, data.num_classes)
@@ -76,6 +72,17 @@ def build_run(cfg: DictConfig) -> RunObjects:
                               rank, world)
     return RunObjects(device, epochs, batch_size, seed, data, train, data.eval_stream(device, rank, world),
                engine, scheduler, isda_lambda(cfg, epochs), int(t.eval_batch_size))
+
+
+def start_run(cfg: DictConfig) -> tuple[torch.device, int]:
+    """The first steps of building any run (classification or segmentation): torch's threads,
+    the device, and the seeded RNG the initial weights are drawn from; returns (device, seed)."""
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    device = resolve_device(str(cfg.device))
+    seed = int(cfg.seed)
+    torch.manual_seed(init_seed(seed))
+    return device, seed
 
 
 def resolve_auto(cfg: DictConfig) -> None:

@@ -16,11 +16,8 @@ from ..data.streams import resolve_workers
 from ..errors import UserError
 from ..losses import PLAIN_CE, PixelISDA, SegmentationLoss, loss_name
 from ..parallel import distributed
-from ..parallel.device import resolve_device
 from ..parallel.sync_batchnorm import sync_batchnorm
-from ..rundir.identity import is_segmentation  # noqa: F401  (the one test of a config's task)
-from ..seeding import init_seed
-from .build import build, resolve_auto
+from .build import build, resolve_auto, start_run
 from .seg_engine import SegEngine
 from .validate import check_config
 
@@ -77,12 +74,8 @@ def build_seg_run(cfg: DictConfig) -> SegRunObjects:
     resolve_auto(cfg)
     check_seg_buildable(cfg)
     t = cfg.trainer
-    if t.threads:
-        torch.set_num_threads(int(t.threads))
-    device = resolve_device(str(cfg.device))
+    device, seed = start_run(cfg)
     iterations, batch_size = seg_length(cfg)
-    seed = int(cfg.seed)
-    torch.manual_seed(init_seed(seed))
     data = build(cfg.dataset)
     net = build(cfg.model.net, num_classes=data.num_classes)
     if t.get("sync_bn") and distributed.world() > 1:
