@@ -220,7 +220,7 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(overrides, Path(tmp))
     return {"model": args.model, "setting": args.setting, "classes": args.classes,
-            **measure_trainer(trainer, args)}
+            "overrides": args.set, **measure_trainer(trainer, args)}
 
 
 def measure_trainer(trainer, args) -> dict:
@@ -413,6 +413,7 @@ def packing(args, model: str, setting: str) -> list[dict]:
         workers = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
         total = sum(w["img_s"] for w in workers)
         results.append({"model": model, "setting": setting, "pack": k, "threads_each": threads,
+                        "overrides": args.set,
                         "total_img_s": total, "per_run_img_s": total / k,
                         "peak_mem_mb_each": max(w["peak_mem_mb"] for w in workers),
                         "nonfinite": [f"run {w['rank']}" for w in workers if not w["last_loss_finite"]]})

@@ -146,8 +146,9 @@ def unpack(payload: bytes, entries: list[dict]) -> dict[str, np.ndarray]:
 # ------------------------------------------------------------------ split / join
 
 
-def split(npz: Path, out_dir: Path, part_mib: float) -> list[Path]:
-    """NAME.npz -> out_dir/k/NAME.partKofN (+ NAME.parts.json beside each); the part files."""
+def split(npz: Path, out_dir: Path, part_mib: float, min_parts: int = 1) -> list[Path]:
+    """NAME.npz -> out_dir/k/NAME.partKofN (+ NAME.parts.json beside each); the part files: the
+    fewest parts of at most part_mib MiB, and at least min_parts."""
     if not npz.is_file():
         raise UserError(f"{npz} not found; give the arrays (.npz of x_train, y_train, x_test, y_test)")
     if part_mib <= 0:
@@ -158,10 +159,11 @@ def split(npz: Path, out_dir: Path, part_mib: float) -> list[Path]:
     except (ValueError, OSError) as e:  # not an .npz, truncated, or object arrays
         raise UserError(f"{npz} is not a readable .npz of plain arrays ({e})") from None
     payload, entries = pack(arrays)
-    count = max(1, math.ceil(len(payload) / (part_mib * MIB)))
-    size = math.ceil(len(payload) / count)
+    count = max(1, min_parts, math.ceil(len(payload) / (part_mib * MIB)))
     name = npz.name.removesuffix(".npz")
-    pieces = [payload[i * size:(i + 1) * size] for i in range(count)]
+    size, extra = divmod(len(payload), count)  # even parts: the first `extra` are a byte longer
+    bounds = [k * size + min(k, extra) for k in range(count + 1)]
+    pieces = [payload[lo:hi] for lo, hi in zip(bounds, bounds[1:])]
     files = [f"{name}.part{k + 1}of{count}" for k in range(count)]
     manifest = {"format": FORMAT, "name": name, "source": npz.name, "payload_bytes": len(payload),
                 "payload_sha256": sha256(payload), "arrays": entries,
@@ -268,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("npz", type=Path)
     s.add_argument("out_dir", type=Path)
     s.add_argument("--part-mib", type=float, default=60.0, help="the largest part, MiB (default 60)")
+    s.add_argument("--parts", type=int, default=1, help="at least this many parts (default 1)")
     j = sub.add_parser("join", help="DIR (the parts, in any folders below it) -> OUT.npz")
     j.add_argument("parts_dir", type=Path)
     j.add_argument("out", type=Path)
@@ -278,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.command == "split":
-            for path in split(args.npz, args.out_dir, args.part_mib):
+            for path in split(args.npz, args.out_dir, args.part_mib, args.parts):
                 print(f"wrote {path} ({path.stat().st_size / MIB:.2f} MiB)")
         elif args.command == "join":
             arrays = join(args.parts_dir, args.out)
