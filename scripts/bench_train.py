@@ -326,10 +326,9 @@ def run_hours(model: str, measured: dict) -> tuple[float, str]:
 
 def schedule(jobs: list[float], gpus: int) -> float:
     """Wall hours of independent jobs on `gpus` GPUs, longest first onto the least loaded GPU."""
-    load = [0.0] * gpus
-    for hours in sorted(jobs, reverse=True):
-        load[load.index(min(load))] += hours
-    return max(load)
+    from isda_exp.sweeps.throughput import schedule as longest_first
+
+    return longest_first(jobs, gpus)
 
 
 def estimate(from_json: str | None) -> dict:

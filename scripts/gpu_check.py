@@ -389,6 +389,9 @@ def run_steps(args, out: Path, clock: Clock) -> dict:
             continue
         try:
             steps[name] = todo[name]()
+        except KeyboardInterrupt:  # the outer time limit (gpu_check.sh): keep what was measured
+            steps[name] = {"ok": False, "error": "interrupted (time limit)"}
+            break
         except Exception as e:
             steps[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
     return steps

@@ -66,7 +66,7 @@ stage_check() {
   store_part "${PARTS:-.cifar_parts/1}"
   local seconds=${CHECK_S:-300} mini=()
   [ -n "$MINI" ] && mini=(--mini)
-  timeout --signal=INT --kill-after=20 $((seconds + 40)) "$PY" scripts/gpu_check.py \
+  timeout --signal=INT --kill-after=20 $((seconds + 70)) "$PY" scripts/gpu_check.py \
     --out "$SESSION/gpu_check" --deadline "$seconds" "${mini[@]}"
   local status=$?
   for f in gpu_check.json gpu_check.md bench_gpu.json bench_packing.json; do
