@@ -58,8 +58,8 @@ SWEEP+=(${ARGS:-})
 say "$((GPUS > 0 ? GPUS : 0)) GPU(s), K=$K runs at once per device ($JOBS jobs), trainer.compile=$COMPILE, seeds $SEEDS"
 
 plan() {
-  local timing=(--measure)
-  [ -n "$THROUGHPUT" ] && timing=($(printf -- '--throughput %s ' $THROUGHPUT) --measure)
+  local timing=(--measure)  # measured figures if given (timing steps here would cost device time)
+  [ -n "$THROUGHPUT" ] && timing=($(printf -- '--throughput %s ' $THROUGHPUT))
   "$PY" -m isda_exp.sweeps.plan "${SWEEP[@]}" "${timing[@]}" --per-gpu "$K" --gpus "$((GPUS > 0 ? GPUS : 1))"
 }
 if [ "${DRY:-}" = 1 ]; then plan; exit $?; fi

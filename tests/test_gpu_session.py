@@ -23,16 +23,20 @@ def script(name: str, env: dict, *args: str, timeout: float = 600) -> subprocess
                           timeout=timeout, env={**os.environ, "PY": sys.executable, **env})
 
 
+def setting() -> str:
+    return resolve_precision("auto", torch.device("cpu")) + "+cl"  # MINI: no compile on a CPU
+
+
 def test_dry_run_lists_the_runs_and_their_expected_time_from_measured_figures(tmp_path):
-    setting = resolve_precision("auto", torch.device("cpu")) + "+cl"  # MINI: no compile on a CPU
+    setting_ = setting()
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"machine": {}, "rows": [
-        {"model": "resnet32", "classes": 10, "setting": setting, "train_img_s": 512.0, "test_img_s": 1024.0}]}))
+        {"model": "resnet32", "classes": 10, "setting": setting_, "train_img_s": 512.0, "test_img_s": 1024.0}]}))
     proc = script("repro_resnet32.sh", {"MINI": "1", "DRY": "1", "OUT": str(tmp_path), "K": "2",
                                         "THROUGHPUT": str(bench)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     runs = [ln for ln in proc.stdout.splitlines() if "/repro_resnet32/cifar10/resnet32/" in ln]
-    assert len(runs) == 6 and all(f"measured {setting}" in ln for ln in runs)  # 2 arms x seeds 0,1,2
+    assert len(runs) == 6 and all(f"measured {setting_}" in ln for ln in runs)  # 2 arms x seeds 0,1,2
     per_run = 2 * (256 / (512 / 2) + 256 / (1024 / 2))  # 2 epochs; K=2 unmeasured: each at half speed
     assert f"expected wall time: {per_run * 3:.0f} s for the 6 runs to train, 2 at once" in proc.stdout
     assert not (tmp_path / "repro_resnet32" / "cifar10").exists()  # nothing trained
@@ -50,7 +54,10 @@ def test_a_deadline_stops_the_runs_at_a_checkpoint_and_the_report_still_runs(tmp
         rows = (run / "metrics.jsonl").read_text().splitlines()
         assert 0 < len(rows) < 200 and (run / "last.pt").is_file() and not (run / "summary.json").exists()
     assert (runs / "curves.png").stat().st_size > 0
-    again = script("repro_resnet32.sh", {**env, "DRY": "1", "DEADLINE": ""})
+    figures = tmp_path / "bench.json"  # the plan from figures: no timing of steps here
+    figures.write_text(json.dumps({"rows": [{"model": "resnet32", "classes": 10, "setting": setting(),
+                                             "train_img_s": 500.0, "test_img_s": 1000.0}]}))
+    again = script("repro_resnet32.sh", {**env, "DRY": "1", "DEADLINE": "", "THROUGHPUT": str(figures)})
     assert again.stdout.count(" resume ") == 2  # the same command picks them up
 
 
