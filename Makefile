@@ -39,7 +39,7 @@ test-all:  ## the whole suite in one schedule (faster than make test, then make 
 
 test-fast: test  ## the former name of `make test`
 
-gpu-check:  ## the GPU acceptance check (< 8 min on one H100): JSON + Markdown summary in outputs/gpu_check
+gpu-check:  ## the GPU acceptance check (< 6 min on one GPU): JSON + Markdown summary in outputs/gpu_check
 	@PY=$(PY) bash scripts/gpu_check.sh
 
 # ------------------------------------------------------------------ the paper's tables
@@ -188,6 +188,20 @@ mini:  ## the install check: a reduced real-CIFAR-10 reproduction, about an hour
 
 mini-bf16:  ## the earlier reduced protocol in bf16 (CIFAR-10 and -100) for CPUs/GPUs with native bf16
 	$(call reduced_reproduction,mini_bf16,cifar10 cifar100)
+
+# ------------------------------------------------------------------ Table 1's first cell, in full (GPU)
+# make repro-resnet32 DATA=dir: ResNet-32 on CIFAR-10, baseline vs ISDA, the full recipe (160
+# epochs; configs/experiment/repro_resnet32.yaml), SEEDS= per arm, K runs at once per GPU (K=, else
+# the packing make gpu-check measured), then report.md (the table and the ISDA - baseline interval),
+# report.csv, compare.csv and curves.png in $(OUT)/repro_resnet32. DRY=1: the runs and their
+# expected wall time from measured throughput. MINI=1: the same path in miniature on the CPU.
+# scripts/repro_resnet32.sh does the work (also where there is no make); docs/gpu.md.
+.PHONY: repro-resnet32
+K ?=
+MINI ?=
+repro-resnet32:  ## Table 1's ResNet-32 / CIFAR-10 cell, baseline vs ISDA, full recipe (DRY=1: runs + expected time)
+	@PY=$(PY) OUT=$(OUT) DATA=$(DATA) SEEDS=$(SEEDS) K=$(K) DRY=$(DRY) MINI=$(MINI) ARGS="$(ARGS)" \
+	  bash scripts/repro_resnet32.sh
 
 # ------------------------------------------------------------------ Table 4 (ImageNet)
 # make table4 IMAGENET=DIR: ResNet-50, ResNet-152, ResNeXt-50 32x4d x baseline/ISDA (diagonal,

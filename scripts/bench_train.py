@@ -3,16 +3,26 @@
 Per model and setting (precision, channels_last, compile), each in a fresh process so that its
 peak memory and compile caches are its own, through the trainer's own code (isda_exp.training.trainer):
 
-* train img/s   -- Trainer.train_epoch on an epoch of `--steps` batches with ISDA on (lambda > 0),
-                   batches drawn and augmented on the training device as in a real run;
+* train img/s   -- Trainer.train_epoch on an epoch of `--steps` batches with ISDA on, at the lambda
+                   and learning rate of the recipe's second epoch (lambda_0 / epochs: > 0, so the
+                   ISDA term is computed, and small, as a real run has it while its network is
+                   young), batches drawn and augmented on the training device as in a real run;
 * test img/s    -- Trainer.evaluate (inference mode, trainer.eval_batch_size) on `--test-size` images;
                    both timed `--repeats` times, the best kept (other load only ever slows a run);
 * ISDA overhead -- ISDA step time / plain cross-entropy step time, same model, same pre-drawn
-                   batches, alternating rounds (the fastest round of each), lambda = 0.5 ("ISDA +");
+                   batches, alternating rounds (the fastest round of each), same lambda ("ISDA +");
                    and, free of the step's noise, 1 + (ISDA loss - CE loss) / CE step, the losses
                    timed alone (forward + backward) on the model's real features ("loss +");
 * peak memory   -- CUDA: torch.cuda.max_memory_allocated; CPU: the process's peak RSS (ru_maxrss,
                    which includes ~0.4 GB of torch itself).
+
+The figures are times: a non-finite training loss does not stop the benchmark; the row says where
+it happened ("nonfinite") and the table marks it. Two departures from a real run made
+the generated images diverge here before: lambda = 0.25-0.5 from the first step of an untrained
+network (the ISDA term's curvature in the classifier, lr * lambda * the largest eigenvalue of a
+class covariance, then reaches 2-3, the edge of what SGD with momentum survives; a real run is at
+lambda_0 / epochs in its second epoch), and CE/ISDA rounds trained after a test pass with
+BatchNorm left in eval mode (running statistics of a few steps: losses of 1e7 within two steps).
 
     python scripts/bench_train.py                                   # CPU: ResNet-32, 4 settings
     python scripts/bench_train.py --device cuda --models resnet32 resnet110 wrn28_10 \\
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -122,26 +133,46 @@ def build_trainer(overrides: list[str], run_dir: Path):
 # ------------------------------------------------------------------ one setting (child process)
 
 
-def isda_overhead(trainer, batches, rounds: int) -> dict:
+BENCH_EPOCH = 1  # the recipe's second epoch (0-based): lambda_0 / epochs, the recipe's first lr
+
+
+def bench_lambda(trainer) -> float:
+    """The ISDA strength of the timed steps: the recipe's at BENCH_EPOCH (> 0, small)."""
+    return trainer.run.isda_lambda(BENCH_EPOCH)
+
+
+def isda_overhead(trainer, batches, rounds: int, losses: list) -> dict:
     """Per-step seconds of plain CE and of ISDA on the same batches, in alternating rounds.
 
     The minimum over rounds is the undisturbed time (other load only adds); medians are kept too.
+    Each step's loss is appended to `losses` (read after the timing: no host sync inside it).
     """
     criterion, times = trainer.engine.criterion, {"ce": [], "isda": []}
     from isda_exp.losses import CrossEntropy
 
     plain = CrossEntropy(criterion.feature_dim, criterion.num_classes)  # loss=ce's criterion
+    lam = bench_lambda(trainer)
+    trainer.engine.net.train()  # after a test pass: training steps need BatchNorm's batch statistics
     for _ in range(rounds):
         for name in ("ce", "isda"):
             trainer.engine.criterion = plain if name == "ce" else criterion
 
             def steps():
                 for x, y in batches:
-                    trainer.engine.train_step(x, y, 0.5)
+                    losses.append(trainer.engine.train_step(x, y, lam)[0])
             times[name].append(timed(steps, trainer.run.device) / len(batches))
     trainer.engine.criterion = criterion
     return {f"{k}_step_ms": 1e3 * min(v) for k, v in times.items()} | \
         {f"{k}_step_ms_median": 1e3 * statistics.median(v) for k, v in times.items()}
+
+
+def nonfinite(epoch_losses: list[float], step_losses: list) -> list[str]:
+    """Where the benchmark met a non-finite training loss (timed epochs, CE/ISDA rounds)."""
+    where = [f"timed epoch {i + 1}" for i, v in enumerate(epoch_losses) if not math.isfinite(v)]
+    if step_losses:
+        bad = int((~torch.isfinite(torch.stack(step_losses).float())).sum())
+        where += [f"{bad} of {len(step_losses)} CE/ISDA round steps"] if bad else []
+    return where
 
 
 def loss_only(trainer, batches, reps: int = 30) -> dict:
@@ -161,7 +192,7 @@ def loss_only(trainer, batches, reps: int = 30) -> dict:
 
     def isda():
         with trainer.engine.autocast():
-            loss, _ = crit(f, fc, y, 0.5)
+            loss, _ = crit(f, fc, y, bench_lambda(trainer))
         loss.backward()
     out = {}
     for name, fn in (("ce", ce), ("isda", isda)):
@@ -181,43 +212,56 @@ def wait_for_quiet(max_load: float | None, timeout: float = 600) -> float:
 
 def measure(args) -> dict:
     """Figures of one (model, setting) in this process."""
-    batch = args.batch_size
-    overrides = [f"model={args.model}", "isda=on", f"device={args.device}", f"trainer.batch_size={batch}",
-                 "trainer.epochs=2", f"trainer.eval_batch_size={args.eval_batch_size}",
+    overrides = [f"model={args.model}", "isda=on", f"device={args.device}",
+                 f"trainer.batch_size={args.batch_size}", f"trainer.eval_batch_size={args.eval_batch_size}",
                  *setting_overrides(args.setting),
-                 *data_overrides(args.npz, args.classes, args.steps * batch, args.test_size)]
+                 *data_overrides(args.npz, args.classes, args.steps * args.batch_size, args.test_size),
+                 *args.set]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(overrides, Path(tmp))
-    device = trainer.run.device
-    batches = [b for _, b in zip(range(args.overhead_steps), trainer.stream.epoch(1))]
-    compile_s = timed(lambda: [trainer.engine.train_step(x, y, 0.5) for x, y in batches[:2]], device)
+    return {"model": args.model, "setting": args.setting, "classes": args.classes,
+            "overrides": args.set, **measure_trainer(trainer, args)}
+
+
+def measure_trainer(trainer, args) -> dict:
+    """The timed figures of a built trainer (its recipe's second epoch; see the module's doc)."""
+    device, batch, lam = trainer.run.device, trainer.run.batch_size, bench_lambda(trainer)
+    trainer.stop_on_nonfinite = False  # a time is a time: report a non-finite loss, do not die
+    trainer.engine.net.train()
+    batches = [b for _, b in zip(range(args.overhead_steps), trainer.stream.epoch(BENCH_EPOCH))]
+    compile_s = timed(lambda: [trainer.engine.train_step(x, y, lam) for x, y in batches[:2]], device)
     eval_compile_s = timed(trainer.evaluate, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_s = min(timed(lambda: trainer.train_epoch(1), device) for _ in range(args.repeats))
+    epoch_losses, train_times = [], []
+    for _ in range(args.repeats):
+        train_times.append(timed(lambda: epoch_losses.append(
+            trainer.train_epoch(BENCH_EPOCH)["train_loss"]), device))
     test_s = min(timed(trainer.evaluate, device) for _ in range(args.repeats))
-    steps = isda_overhead(trainer, batches, args.rounds) | loss_only(trainer, batches)
+    step_losses: list = []
+    steps = isda_overhead(trainer, batches, args.rounds, step_losses) | loss_only(trainer, batches)
     extra = steps["isda_loss_ms"] - steps["ce_loss_ms"]
-    return {"model": args.model, "setting": args.setting, "device": str(device), "batch_size": batch,
-            "classes": args.classes, "train_img_s": args.steps * batch / train_s,
-            "test_img_s": args.test_size / test_s, "eval_batch_size": args.eval_batch_size, **steps,
+    return {"device": str(device), "batch_size": batch, "lambda": lam,
+            "train_img_s": trainer.stream.num_images / min(train_times), "test_img_s": trainer.run.eval.num_images / test_s,
+            "eval_batch_size": trainer.run.eval_batch_size, **steps,
             "isda_overhead": steps["isda_step_ms"] / steps["ce_step_ms"],
             "isda_overhead_from_loss": 1 + extra / steps["ce_step_ms"], "peak_mem_mb": peak_memory_mb(device),
             "first_steps_s": compile_s, "first_eval_s": eval_compile_s,
-            "compiled": trainer.engine.compiled is not None, "threads": torch.get_num_threads()}
+            "compiled": trainer.engine.compiled is not None, "threads": torch.get_num_threads(),
+            "nonfinite": nonfinite(epoch_losses, step_losses)}
 
 
 def pack_worker(args) -> dict:
     """One of K packed processes: warm up, wait for the others, train for --seconds."""
     overrides = [f"model={args.model}", "isda=on", f"device={args.device}", f"seed={args.rank}",
-                 f"trainer.batch_size={args.batch_size}", "trainer.epochs=2",
+                 f"trainer.batch_size={args.batch_size}",
                  f"trainer.threads={args.threads}", *setting_overrides(args.setting),
-                 *data_overrides(args.npz, args.classes, args.steps * args.batch_size, 256)]
+                 *data_overrides(args.npz, args.classes, args.steps * args.batch_size, 256), *args.set]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_trainer(overrides, Path(tmp))
-    device = trainer.run.device
+    device, lam, last = trainer.run.device, bench_lambda(trainer), None
     for _, (x, y) in zip(range(3), trainer.stream.epoch(0)):
-        trainer.engine.train_step(x, y, 0.5)
+        trainer.engine.train_step(x, y, lam)
     sync(device)
     barrier = Path(args.barrier)
     (barrier / f"ready{args.rank}").touch()
@@ -226,7 +270,7 @@ def pack_worker(args) -> dict:
     images, tic, epoch = 0, time.perf_counter(), 1
     while time.perf_counter() - tic < args.seconds:
         for x, y in trainer.stream.epoch(epoch):
-            trainer.engine.train_step(x, y, 0.5)
+            last = trainer.engine.train_step(x, y, lam)[0]
             images += len(y)
             if time.perf_counter() - tic >= args.seconds:
                 break
@@ -234,7 +278,8 @@ def pack_worker(args) -> dict:
     sync(device)
     elapsed = time.perf_counter() - tic
     return {"rank": args.rank, "images": images, "seconds": elapsed, "img_s": images / elapsed,
-            "peak_mem_mb": peak_memory_mb(device)}
+            "peak_mem_mb": peak_memory_mb(device),
+            "last_loss_finite": last is None or bool(torch.isfinite(last).item())}
 
 
 # ------------------------------------------------------------------ paper-table estimate
@@ -281,10 +326,9 @@ def run_hours(model: str, measured: dict) -> tuple[float, str]:
 
 def schedule(jobs: list[float], gpus: int) -> float:
     """Wall hours of independent jobs on `gpus` GPUs, longest first onto the least loaded GPU."""
-    load = [0.0] * gpus
-    for hours in sorted(jobs, reverse=True):
-        load[load.index(min(load))] += hours
-    return max(load)
+    from isda_exp.sweeps.throughput import schedule as longest_first
+
+    return longest_first(jobs, gpus)
 
 
 def estimate(from_json: str | None) -> dict:
@@ -293,10 +337,11 @@ def estimate(from_json: str | None) -> dict:
     if from_json:
         rows = json.loads(Path(from_json).read_text())
         for r in rows.get("rows", []):
-            if r["device"].startswith("cuda"):
+            if "error" not in r and r["device"].startswith("cuda"):
                 measured[r["model"]] = max(measured.get(r["model"], 0), r["train_img_s"])
         for r in rows.get("packing", []):
-            measured[r["model"]] = max(measured.get(r["model"], 0), r["total_img_s"])
+            if "error" not in r:
+                measured[r["model"]] = max(measured.get(r["model"], 0), r["total_img_s"])
     out, every = {}, []
     print(f"{'table':<8}{'model':<20}{'runs':>6}{'h/run':>8}{'source':>10}{'GPU-h':>9}")
     for table in ("table1", "table2"):
@@ -327,15 +372,17 @@ def child_args(args, **extra) -> list[str]:
             "test_size": args.test_size, "eval_batch_size": args.eval_batch_size, "classes": args.classes,
             "overhead_steps": args.overhead_steps, "rounds": args.rounds, "seconds": args.seconds,
             "npz": args.npz or "", **extra}
-    return [f"--{k.replace('_', '-')}={v}" for k, v in keep.items()]
+    return [f"--{k.replace('_', '-')}={v}" for k, v in keep.items()] + [f"--set={o}" for o in args.set]
 
 
 def run_child(args, **extra) -> dict:
     load = wait_for_quiet(args.wait_load)
     cmd = [sys.executable, __file__, *child_args(args, **extra)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    if proc.returncode != 0:  # one setting that fails (a CUDA error, out of memory) loses its row only
+        print(proc.stderr[-3000:], file=sys.stderr)
+        return {"model": extra["model"], "setting": extra["setting"], "load_before": load,
+                "error": (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1][:300]}
     warnings = [line for line in proc.stderr.splitlines() if "torch.compile" in line]
     row = json.loads(proc.stdout.strip().splitlines()[-1]) | {"load_before": load}
     if warnings:
@@ -355,14 +402,20 @@ def packing(args, model: str, setting: str) -> list[dict]:
                 args, model=model, setting=setting, pack=k, rank=r, barrier=barrier, threads=threads)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(k)]
             outs = [p.communicate() for p in procs]
-        for p, (out, err) in zip(procs, outs):
-            if p.returncode != 0:
-                raise SystemExit(f"error: packed worker failed:\n{err[-3000:]}")
+        failed = [err for p, (_, err) in zip(procs, outs) if p.returncode != 0]
+        if failed:  # e.g. out of memory at this K: the K measured so far stand
+            print(failed[0][-3000:], file=sys.stderr)
+            results.append({"model": model, "setting": setting, "pack": k,
+                            "error": (failed[0].strip().splitlines() or ["failed"])[-1][:300]})
+            print(f"{model:<12}{setting:<18} K={k:<3} FAILED: {results[-1]['error']}", flush=True)
+            break
         workers = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
         total = sum(w["img_s"] for w in workers)
         results.append({"model": model, "setting": setting, "pack": k, "threads_each": threads,
+                        "overrides": args.set,
                         "total_img_s": total, "per_run_img_s": total / k,
-                        "peak_mem_mb_each": max(w["peak_mem_mb"] for w in workers)})
+                        "peak_mem_mb_each": max(w["peak_mem_mb"] for w in workers),
+                        "nonfinite": [f"run {w['rank']}" for w in workers if not w["last_loss_finite"]]})
         base = results[0]["total_img_s"] / results[0]["pack"] if results[0]["pack"] == 1 else None
         gain = f"  x{total / base:.2f} vs one run" if base else ""
         print(f"{model:<12}{setting:<18} K={k:<3}{total:>10.0f} img/s total  "
@@ -371,7 +424,12 @@ def packing(args, model: str, setting: str) -> list[dict]:
 
 
 def print_row(r: dict) -> None:
+    if "error" in r:
+        print(f"{r['model']:<12}{r['setting']:<18} FAILED: {r['error']}", flush=True)
+        return
     note = "" if r["compiled"] or "compile" not in r["setting"] else "  (compile fell back)"
+    if r.get("nonfinite"):
+        note += f"  (non-finite loss: {', '.join(r['nonfinite'])}; the times stand, the run would have stopped)"
     print(f"{r['model']:<12}{r['setting']:<18}{r['train_img_s']:>10.0f}{r['test_img_s']:>11.0f}"
           f"{r['ce_step_ms']:>10.1f}{r['isda_step_ms']:>10.1f}{100 * (r['isda_overhead'] - 1):>+9.1f}%"
           f"{100 * (r['isda_overhead_from_loss'] - 1):>+9.2f}%"
@@ -398,6 +456,8 @@ def main() -> None:
     p.add_argument("--packing", type=int, nargs="*", default=None, help="K values: K runs at once")
     p.add_argument("--seconds", type=float, default=30.0, help="timed window of a packed run")
     p.add_argument("--npz", default=None, help="real CIFAR arrays (else synthetic images)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Hydra override for every measured run (repeatable), e.g. +model.net.base_width=8")
     p.add_argument("--json", default=None, help="write the figures here")
     p.add_argument("--estimate", action="store_true",
                    help="print the estimated wall time of each paper table (no benchmark)")
@@ -446,6 +506,9 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"# wrote {args.json}")
+    failed = [r for r in out["rows"] + out["packing"] if "error" in r]
+    if failed:
+        raise SystemExit(f"error: {len(failed)} of the measurements failed (their rows say why)")
 
 
 if __name__ == "__main__":

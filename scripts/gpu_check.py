@@ -2,17 +2,22 @@
 """The GPU acceptance check: the one command to run the first time a CUDA GPU is available.
 
     bash scripts/gpu_check.sh            # or: make gpu-check; OUT=dir to choose where it writes
+    bash scripts/gpu_check.sh --mini     # the same steps in miniature on the CPU (the same files)
 
-Steps (each bounded in time; the whole check is sized for < 8 minutes on one H100-class GPU):
+Steps, in this order, each bounded in time and all of them by --deadline (default 330 s: the whole
+check stays under 6 minutes on one GPU; what the deadline leaves no time for is listed as not run):
   tests      pytest -m cuda (the CUDA-marked tests)
   runs       a 2-epoch ResNet-32 run, ISDA on, per augmentation (baseline, cutout, autoaugment) and
-             per precision (fp32, bf16, fp16), on 50,000 generated 32x32 images: finishes, finite
-  bench      scripts/bench_train.py on the GPU rows of docs/performance.md, and the packing row
-  ddp        a 2-rank torchrun run when 2 or more GPUs are present
+             per precision (fp32, bf16, fp16), on --run-images generated 32x32 images (or real
+             CIFAR-10 with --npz): finishes, every number finite
+  bench      scripts/bench_train.py: ResNet-32 in every GPU setting first (what make
+             repro-resnet32 chooses from), then ResNet-110 and WRN-28-10; then the packing row
+             (K = 1, 2, 4 ResNet-32 runs at once): bench_gpu.json and bench_packing.json
   syncs      the training step under torch.cuda.set_sync_debug_mode("warn"): each host sync per
              step that remains, with the line that causes it
+  ddp        a 2-rank torchrun run when 2 or more GPUs are present
 It writes OUT/gpu_check.json and OUT/gpu_check.md and prints both. Exit 0 when every step passed.
-On a machine without a CUDA GPU it says so in one line and exits 3.
+On a machine without a CUDA GPU (and without --mini) it says so in one line and exits 3.
 """
 from __future__ import annotations
 
@@ -86,105 +91,175 @@ def run_cmd(cmd: list[str], timeout: float, cwd: Path = ROOT, env: dict | None =
     return {"rc": rc, "seconds": time.perf_counter() - tic, "tail": out[-2000:]}
 
 
-def step_tests(args) -> dict:
-    r = run_cmd([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests"], args.budget_tests)
+class Clock:
+    """The check's deadline: each step gets its own budget, less what the steps after it need."""
+
+    def __init__(self, seconds: float):
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+    def budget(self, own: float, reserve: float = 0.0) -> float:
+        return max(0.0, min(own, self.left() - reserve))
+
+
+def step_tests(args, seconds: float) -> dict:
+    if args.mini:  # the CUDA tests skip on a CPU: their collection is the whole of it
+        return {"ok": None, "skipped": "the CUDA tests need a GPU (--mini)"}
+    r = run_cmd([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "tests"], seconds)
     summary = [ln for ln in r["tail"].splitlines() if " passed" in ln or " failed" in ln
                or " skipped" in ln or " error" in ln]
     return {"ok": r["rc"] == 0, "result": summary[-1] if summary else r["tail"][-300:], **r}
 
 
-def generated_data(out: Path) -> Path:
-    npz = out / "data" / "cifar10.npz"
+def generated_data(out: Path, train: int, test: int = 10000) -> Path:
+    npz = out / "data" / f"generated-{train}" / "cifar10.npz"
     if not npz.exists():
         subprocess.run([sys.executable, str(ROOT / "scripts" / "synthetic_npz.py"), str(npz),
-                        "--num-classes", "10", "--train", "50000", "--test", "10000"],
+                        "--num-classes", "10", "--train", str(train), "--test", str(test)],
                        check=True, capture_output=True)
     return npz
 
 
-def step_runs(args, out: Path) -> dict:
-    """9 runs, the 3 augmentations of a precision at once (ResNet-32 does not fill a big GPU)."""
+def run_data(args, out: Path) -> list[str]:
+    """The runs' data: real CIFAR-10 (--npz), else generated images of its shape."""
+    if args.npz:
+        return [f"dataset.npz={Path(args.npz).resolve()}", f"dataset.train_subset={args.run_images}"]
+    return [f"dataset.npz={generated_data(out, args.run_images, 64 if args.mini else 10000)}"]
+
+
+MINI_RUN = ["trainer.batch_size=32", "trainer.eval_batch_size=64", "trainer.threads=1",
+            "trainer.tensorboard=false", "+model.net.base_width=4"]
+
+
+def step_runs(args, out: Path, seconds: float) -> dict:
+    """9 runs, the 3 augmentations of a precision at once (ResNet-32 does not fill a big GPU), each
+    precision within its share of `seconds`."""
     from isda_exp.rundir.files import run_path
 
-    npz = generated_data(out)
+    data = run_data(args, out)
     workers = max(1, ((os.cpu_count() or 4) - 3) // 3)  # AutoAugment's share of the cores
-    rows = []
-    for precision in PRECISIONS:
+    rows, end = [], time.perf_counter() + seconds
+    for i, precision in enumerate(PRECISIONS):
+        share = max(1.0, (end - time.perf_counter()) / (len(PRECISIONS) - i))
         procs = {}
         for aug in AUGS:
             root = out / "runs" / f"{aug}-{precision}"  # its own directory: never a resume
-            cmd = [sys.executable, "-m", "isda_exp", "dataset=cifar10", f"dataset.npz={npz}",
+            cmd = [sys.executable, "-m", "isda_exp", "dataset=cifar10", *data,
                    "model=resnet32", "isda=on", f"aug={aug}", "trainer.epochs=2",
                    f"trainer.precision={precision}", "trainer.progress=false",
-                   f"trainer.num_workers={workers}", f"out_root={root}", "device=cuda"]
+                   f"trainer.num_workers={workers}", f"out_root={root}", f"device={args.device}",
+                   *(MINI_RUN if args.mini else [])]
             procs[aug] = (root, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
                                                  stderr=subprocess.STDOUT, text=True))
-        for aug, (root, proc) in procs.items():
-            try:
-                tail, rc = proc.communicate(timeout=args.budget_run)[0][-300:], proc.returncode
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                tail, rc = f"timed out after {args.budget_run:.0f} s", None
-            check = check_run(run_path(root, "cifar10", "resnet32", aug, "isda"), 2)
-            if rc != 0:
-                check["problems"].insert(0, f"exit {rc}: {tail}")
-                check["ok"] = False
-            rows.append({"aug": aug, "precision": precision, **check})
+        rows += [finish_run(proc, root, aug, precision, share) for aug, (root, proc) in procs.items()]
     return {"ok": all(r["ok"] for r in rows), "rows": rows}
+
+
+def finish_run(proc: subprocess.Popen, root: Path, aug: str, precision: str, seconds: float) -> dict:
+    """Wait (at most `seconds` more) for one run of step_runs, then check what it wrote."""
+    from isda_exp.rundir.files import run_path
+
+    try:
+        tail, rc = proc.communicate(timeout=seconds)[0][-300:], proc.returncode
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        tail, rc = f"timed out after {seconds:.0f} s", None
+    check = check_run(run_path(root, "cifar10", "resnet32", aug, "isda"), 2)
+    if rc != 0:
+        check["problems"].insert(0, f"exit {rc}: {tail}")
+        check["ok"] = False
+    return {"aug": aug, "precision": precision, **check}
 
 
 BENCH_MODELS = ("resnet32", "resnet110", "wrn28_10")
 BENCH_SETTINGS = ("fp32", "fp32+cl", "bf16+cl", "fp16+cl", "bf16+cl+compile")
+PACK_SETTING, PACK_K = "bf16+cl", (1, 2, 4)
 
 
-def step_bench(args, out: Path) -> dict:
-    """The GPU rows of docs/performance.md, one (model, setting) at a time within the budget (what
-    does not fit is listed as not run), then the packing row."""
-    bench = [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--device", "cuda"]
-    quick = ["--steps", "50", "--repeats", "2", "--rounds", "3"]
-    deadline = time.perf_counter() + args.budget_bench
+def bench_order(mini: bool) -> list[tuple[str, str]]:
+    """ResNet-32 in every setting first (make repro-resnet32 chooses its settings from these),
+    then the larger models setting by setting; in miniature ResNet-32 in fp32 and bf16+cl."""
+    if mini:
+        return [("resnet32", "fp32"), ("resnet32", "bf16+cl")]
+    return [("resnet32", s) for s in BENCH_SETTINGS] + \
+        [(m, s) for s in BENCH_SETTINGS for m in BENCH_MODELS if m != "resnet32"]
+
+
+def bench_command(args) -> list[str]:
+    quick = ["--steps", "2", "--repeats", "1", "--rounds", "1", "--overhead-steps", "2",
+             "--test-size", "128", "--batch-size", "32", "--set", "+model.net.base_width=4"] \
+        if args.mini else ["--steps", "50", "--repeats", "2", "--rounds", "3"]
+    npz = ["--npz", str(Path(args.npz).resolve())] if args.npz else []
+    return [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--device", args.device, *quick, *npz]
+
+
+def step_bench(args, out: Path, seconds: float, packing_seconds: float) -> dict:
+    """The GPU rows of docs/performance.md, one (model, setting) at a time within `seconds` (what
+    does not fit is listed as not run), then the packing row within `packing_seconds`."""
+    bench = bench_command(args)
+    deadline = time.perf_counter() + seconds
     result = {"rows": [], "packing": [], "not_run": [], "failed": []}
-    for setting in BENCH_SETTINGS:  # every model in one setting before the next setting
-        for model in BENCH_MODELS:
-            left = deadline - time.perf_counter()
-            if left < 20:
-                result["not_run"].append(f"{model} {setting}")
-                continue
-            path = out / f"bench_{model}_{setting}.json"
-            r = run_cmd([*bench, "--models", model, "--settings", setting, *quick,
-                         "--json", str(path)], left)
-            if r["rc"] == 0 and path.is_file():
-                result["rows"] += json.loads(path.read_text())["rows"]
-            else:
-                result["failed"].append(f"{model} {setting}: {r['tail'][-200:]}")
-    (out / "bench_gpu.json").write_text(json.dumps({"rows": result["rows"]}, indent=2) + "\n")
-    pack = run_cmd([*bench, "--models", "resnet32", "--settings", "bf16+cl", "--packing", "1", "2",
-                    "4", "--seconds", "10", "--json", str(out / "bench_packing.json")],
-                   args.budget_packing)
-    if pack["rc"] == 0 and (out / "bench_packing.json").is_file():
-        result["packing"] = json.loads((out / "bench_packing.json").read_text()).get("packing", [])
-    else:
-        result["failed"].append(f"packing: {pack['tail'][-200:]}")
+    parts = out / "bench_parts"
+    parts.mkdir(parents=True, exist_ok=True)
+    for model, setting in bench_order(args.mini):
+        left = deadline - time.perf_counter()
+        if left < 20 and not args.mini:
+            result["not_run"].append(f"{model} {setting}")
+            continue
+        path = parts / f"bench_{model}_{setting}.json"
+        r = run_cmd([*bench, "--models", model, "--settings", setting, "--json", str(path)], max(left, 20))
+        rows = json.loads(path.read_text())["rows"] if path.is_file() else []
+        result["rows"] += [row for row in rows if "error" not in row]
+        if r["rc"] != 0 or not rows:
+            result["failed"].append(f"{model} {setting}: {r['tail'][-200:]}")
+    (out / "bench_gpu.json").write_text(json.dumps({"machine": bench_machine(args), "rows": result["rows"]},
+                                                   indent=2) + "\n")
+    result["packing"], failed = step_packing(args, bench, out, packing_seconds)
+    result["failed"] += failed
     result["ok"] = not result["failed"]
     if result["not_run"]:
         result["result"] = f"not run (time budget): {', '.join(result['not_run'])}"
     return result
 
 
-def step_ddp(args, out: Path) -> dict:
+def step_packing(args, bench: list[str], out: Path, seconds: float) -> tuple[list, list]:
+    """K ResNet-32 runs at once on one device (bench_packing.json: make repro-resnet32's K)."""
+    path = out / "bench_packing.json"
+    window = "2" if args.mini else str(max(3, min(10, int(seconds / len(PACK_K)) - 12)))
+    ks = PACK_K[:2] if args.mini else PACK_K
+    pack = run_cmd([*bench, "--models", "resnet32", "--settings", PACK_SETTING, "--packing",
+                    *map(str, ks), "--seconds", window, "--json", str(path)], max(seconds, 20))
+    rows = json.loads(path.read_text()).get("packing", []) if path.is_file() else []
+    failed = [] if pack["rc"] == 0 and rows else [f"packing: {pack['tail'][-200:]}"]
+    return rows, failed
+
+
+def bench_machine(args) -> dict:
+    import torch
+
+    info = {"device": args.device, "torch": torch.__version__, "cores": os.cpu_count()}
+    if args.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def step_ddp(args, out: Path, seconds: float) -> dict:
     import torch
 
     from isda_exp.rundir.files import run_path
 
-    if torch.cuda.device_count() < 2:
+    if args.mini or torch.cuda.device_count() < 2:
         return {"ok": None, "skipped": f"{torch.cuda.device_count()} GPU: needs 2 or more"}
-    npz = generated_data(out)
+    npz = generated_data(out, args.run_images)
     torchrun = Path(sys.executable).with_name("torchrun")
     root = out / "ddp"
     r = run_cmd([str(torchrun), "--nproc_per_node=2", "-m", "isda_exp", "dataset=cifar10",
                  f"dataset.npz={npz}", "model=resnet32", "isda=on", "trainer.epochs=2",
                  "trainer.precision=bf16", "trainer.progress=false", f"out_root={root}"],
-                args.budget_run)
+                seconds)
     check = check_run(run_path(root, "cifar10", "resnet32", "baseline", "isda"), 2)
     if r["rc"] != 0:
         check["problems"].insert(0, f"exit {r['rc']}: {r['tail'][-300:]}")
@@ -224,6 +299,8 @@ def host_syncs(trainer, steps: int) -> list[dict]:
 
 
 def step_syncs(args, out: Path) -> dict:
+    if args.device != "cuda":
+        return {"ok": None, "skipped": "host syncs are counted by CUDA's sync debug mode"}
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_train import build_trainer
 
@@ -257,7 +334,8 @@ def summarize(result: dict) -> tuple[str, str]:
         md.append(f"| {name} | {status(step.get('ok'))} | {str(detail)[:200]} |")
     runs = steps.get("runs", {}).get("rows", [])
     if runs:
-        md += ["", "## 2-epoch ResNet-32 runs, ISDA on, 50,000 generated images", "",
+        images = f"{result.get('run_images', 50000):,} {'CIFAR-10' if result.get('npz') else 'generated'} images"
+        md += ["", f"## 2-epoch ResNet-32 runs, ISDA on, {images}", "",
                "| aug | precision | status | train loss | test error % | s | problems |",
                "|---|---|---|---|---|---|---|"]
         for r in runs:
@@ -289,34 +367,65 @@ def fmt(value, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+STEPS = ("tests", "runs", "bench", "syncs", "ddp")
+RESERVE = {"tests": 0, "runs": 0, "bench": 0, "syncs": 20, "ddp": 0}  # seconds kept for later steps
+
+
+def run_steps(args, out: Path, clock: Clock) -> dict:
+    """Each step of args.steps in STEPS' order within the deadline; one broken step must not hide
+    the others' results."""
+    later = {name: sum(RESERVE[n] for n in STEPS[i + 1:] if n in args.steps) for i, name in enumerate(STEPS)}
+    todo = {"tests": lambda: step_tests(args, clock.budget(args.budget_tests, later["tests"])),
+            "runs": lambda: step_runs(args, out, clock.budget(args.budget_runs, later["runs"])),
+            "bench": lambda: step_bench(args, out, clock.budget(args.budget_bench, later["bench"]
+                                                                + args.budget_packing),
+                                        clock.budget(args.budget_packing, later["bench"])),
+            "syncs": lambda: step_syncs(args, out),
+            "ddp": lambda: step_ddp(args, out, clock.budget(args.budget_runs / 3))}
+    steps = {}
+    for name in (n for n in STEPS if n in args.steps):
+        if clock.left() < 5 and not args.mini:
+            steps[name] = {"ok": None, "skipped": "not run: the check's deadline had passed"}
+            continue
+        try:
+            steps[name] = todo[name]()
+        except KeyboardInterrupt:  # the outer time limit (gpu_check.sh): keep what was measured
+            steps[name] = {"ok": False, "error": "interrupted (time limit)"}
+            break
+        except Exception as e:
+            steps[name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return steps
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "outputs" / "gpu_check"))
-    p.add_argument("--steps", nargs="+", default=["tests", "runs", "bench", "ddp", "syncs"])
-    p.add_argument("--budget-tests", type=float, default=90)
-    p.add_argument("--budget-run", type=float, default=90, help="seconds per 2-epoch run")
-    p.add_argument("--budget-bench", type=float, default=180, help="seconds for the GPU rows")
-    p.add_argument("--budget-packing", type=float, default=60)
+    p.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    p.add_argument("--deadline", type=float, default=330, help="seconds for the whole check")
+    p.add_argument("--budget-tests", type=float, default=60)
+    p.add_argument("--budget-runs", type=float, default=90, help="seconds for the 9 runs")
+    p.add_argument("--budget-bench", type=float, default=150, help="seconds for the GPU rows")
+    p.add_argument("--budget-packing", type=float, default=55)
+    p.add_argument("--run-images", type=int, default=20000, help="training images of each 2-epoch run")
+    p.add_argument("--npz", default=None, help="real CIFAR-10 arrays for the runs and the benchmark")
+    p.add_argument("--mini", action="store_true", help="every step in miniature, on the CPU")
     args = p.parse_args()
-    reason = no_gpu_reason()
+    reason = None if args.mini else no_gpu_reason()
     if reason:
         print(f"gpu_check: {reason}", file=sys.stderr)
         return NO_GPU_EXIT
     import torch
 
+    args.device = "cpu" if args.mini else "cuda"
+    if args.mini:
+        args.run_images = min(args.run_images, 128)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
-              "torch": torch.__version__, "steps": {}}
+    gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else "none (--mini: CPU)"
+    result = {"gpu": gpu, "gpus": torch.cuda.device_count(), "torch": torch.__version__,
+              "mini": args.mini, "run_images": args.run_images, "npz": bool(args.npz), "steps": {}}
     tic = time.perf_counter()
-    todo = {"tests": lambda: step_tests(args), "runs": lambda: step_runs(args, out),
-            "bench": lambda: step_bench(args, out), "ddp": lambda: step_ddp(args, out),
-            "syncs": lambda: step_syncs(args, out)}
-    for name in args.steps:
-        try:
-            result["steps"][name] = todo[name]()
-        except Exception as e:  # one broken step must not hide the others' results
-            result["steps"][name] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    result["steps"] = run_steps(args, out, Clock(args.deadline))
     result["seconds"] = time.perf_counter() - tic
     result["ok"] = all(s.get("ok") is not False for s in result["steps"].values())
     text, md = summarize(result)

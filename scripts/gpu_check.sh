@@ -8,4 +8,4 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 [ -x "$PY" ] || PY=python3
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-exec timeout --signal=INT 900 "$PY" scripts/gpu_check.py --out "${OUT:-outputs/gpu_check}" "$@"
+exec timeout --signal=INT --kill-after=20 400 "$PY" scripts/gpu_check.py --out "${OUT:-outputs/gpu_check}" "$@"

@@ -24,7 +24,7 @@ def trainer(tmp_path: Path, *overrides: str):
         cfg = compose("train", overrides=["dataset=synthetic", "dataset.train_size=512",
                                           "dataset.test_size=256", "trainer.batch_size=128",
                                           "trainer.progress=false", "trainer.tensorboard=false",
-                                          "trainer.epochs=2", *overrides])
+                                          *overrides])  # the recipe's epochs: epoch 2 at its lambda
     return Trainer(cfg, tmp_path)
 
 

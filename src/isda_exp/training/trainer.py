@@ -37,6 +37,10 @@ class Diverged(UserError):
 class Trainer:
     """Trains one run in `run_dir`: `fit()` starts it, or resumes it from its checkpoint."""
 
+    # False: a non-finite loss does not stop the epoch, whose train_loss then reads nan (a
+    # benchmark times the loop on any data and reports such an epoch instead of dying)
+    stop_on_nonfinite = True
+
     def __init__(self, cfg: DictConfig, run_dir: Path, run: RunObjects | None = None):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.run = build_run(cfg) if run is None else run
@@ -143,6 +147,8 @@ class Trainer:
 
     def _check_loss(self, epoch: int, sums: "_EpochSums", done: int) -> None:
         """Stop on a non-finite loss: one host sync, the step found only when it is needed."""
+        if not self.stop_on_nonfinite:
+            return
         step = sums.first_bad_step(done)
         if step is not None:
             self._diverged(epoch, step + 1, f"train loss {float(sums.losses[step])}")
