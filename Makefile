@@ -165,14 +165,14 @@ lambda-search-smoke: smoke-data  ## the search in miniature on the CPU (MODEL=re
 # machines with native bf16. DATA=dir holds cifar10.npz (and cifar100.npz for mini-bf16); without
 # it torchvision downloads CIFAR into ./data. Each ends with the table, the ISDA - baseline
 # comparison (Welch 95% CI) and the curves next to the runs in $(OUT)/<name>/. DRY=1 lists the
-# runs and their cost.
+# runs and the expected wall time on this machine (a few training steps timed here: plan --measure).
 .PHONY: mini mini-bf16
 MINI_ARGS = $(if $(DATA),'dataset.npz=$(abspath $(DATA))/$${dataset.name}.npz') $(ARGS)
 
 define reduced_reproduction  # $(1): experiment name, $(2): data sets it needs
 	@test -x $(PY) || { echo "error: $(PY) not found; run 'make install' first"; exit 2; }
 	@$(if $(DATA),for d in $(2); do test -f $(DATA)/$$d.npz || { echo "error: DATA=$(DATA) must hold $$d.npz (python ../shared/data/unpack_cifar.py $$d $(DATA)/$$d.npz)"; exit 2; }; done)
-	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.sweeps.plan experiment=$(1) out_root=$(OUT)/$(1) $(MINI_ARGS); else \
+	@if [ "$(DRY)" = "1" ]; then $(PY) -m isda_exp.sweeps.plan experiment=$(1) out_root=$(OUT)/$(1) $(MINI_ARGS) --measure; else \
 	  start=$$(date +%s); dir=$(OUT)/$(1); \
 	  $(PY) -m isda_exp -m experiment=$(1) out_root=$$dir $(MINI_ARGS); status=$$?; \
 	  { $(PY) -m isda_exp.report $$dir && echo && $(PY) -m isda_exp.report $$dir --compare; } > $$dir/report.md && \
@@ -183,7 +183,7 @@ define reduced_reproduction  # $(1): experiment name, $(2): data sets it needs
 	  exit $$(( status || $$? )); fi
 endef
 
-mini:  ## the install check: a reduced real-CIFAR-10 reproduction, about an hour on 2 CPU cores (DRY=1: runs and expected time)
+mini:  ## the install check: a reduced real-CIFAR-10 reproduction, about an hour on 2 CPU cores (DRY=1: runs and expected time here)
 	$(call reduced_reproduction,mini,cifar10)
 
 mini-bf16:  ## the earlier reduced protocol in bf16 (CIFAR-10 and -100) for CPUs/GPUs with native bf16
