@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmarks of issue 17: the image-folder input pipeline, and ISDA's diagonal loss at ImageNet size.
+"""Benchmarks of image folders: the image-folder input pipeline, and ISDA's diagonal loss at ImageNet size.
 
 pipeline: training images per second per CPU core (decode + RandomResizedCrop(224) + flip +
 collate) on one folder of full-size JPEGs (generated: 500x375, quality 90, photo-like content), the

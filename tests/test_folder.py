@@ -1,4 +1,4 @@
-"""Image-folder data sets (issue 17): layout and bad input, JPEG/PNG decoding, torchvision's
+"""Image-folder data sets: layout and bad input, JPEG/PNG decoding, torchvision's
 RandomResizedCrop + flip on uint8 tensors, deterministic and resumable streams, ranks' shares,
 the hold-out, unreadable images, top-5 error, and runs that resume exactly and learn."""
 from __future__ import annotations

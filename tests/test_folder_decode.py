@@ -1,4 +1,4 @@
-"""dataset.decode=device (issue 17): workers read bytes, batches are decoded and transformed on the
+"""dataset.decode=device: workers read bytes, batches are decoded and transformed on the
 training device. On the CPU it gives exactly the batches, labels and bad_images counts of
 decode=workers (whole epochs, a resume mid-epoch, the ranks' shares, evaluation, PNGs and
 unreadable files); a CUDA device that cannot decode JPEG falls back to the CPU with one warning."""

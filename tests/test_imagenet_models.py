@@ -22,7 +22,7 @@ from isda_exp.training.schedule import lr_factor
 
 MODELS = {"resnet50": 2048, "resnet101": 2048, "resnet152": 2048, "resnext50_32x4d": 2048,
           "resnext101_32x8d": 2048, "densenet121": 1024}
-PAPER_MILLIONS = {"resnet50": 25.6, "resnet152": 60.2, "resnext50_32x4d": 25.0}  # RECIPES.md
+PAPER_MILLIONS = {"resnet50": 25.6, "resnet152": 60.2, "resnext50_32x4d": 25.0}  # docs/recipes.md
 
 
 def composed(*overrides):

@@ -1,4 +1,4 @@
-"""Issue 19: the report never mixes unlike runs, every failure is one line, a run's record never lies.
+"""Integrity: the report never mixes unlike runs, every failure is one line, a run's record never lies.
 
 One test per numbered case of the issue (each failed before the fix). Runs are tiny (32 images,
 one epoch, one thread): in-process (the CLI's entry, cli_here, where Hydra is part of it) where

@@ -30,7 +30,7 @@ PAPER = {
     "shake26_2x112d": ("35.6", 448),  # AutoAugment paper
 }
 
-# RECIPES.md: epochs, batch, lr, weight decay, schedule, milestones, gamma, extra net kwargs
+# docs/recipes.md: epochs, batch, lr, weight decay, schedule, milestones, gamma, extra net kwargs
 _RESNET = (160, 128, 0.1, 1e-4, "step", [80, 120], 0.1, {})
 _WRN = (240, 128, 0.1, 5e-4, "step", [60, 120, 160, 200], 0.2, {})
 _DENSE = (300, 64, 0.1, 1e-4, "step", [150, 200, 250], 0.1, {})

@@ -26,13 +26,19 @@ _gen = importlib.util.spec_from_file_location("generate_old_runs", FIXTURE / "ge
 generate = importlib.util.module_from_spec(_gen)
 _gen.loader.exec_module(generate)
 COMMON, RUNS, FOLDER = generate.COMMON, generate.RUNS, generate.FOLDER
-# the numbers were computed on this CPU capability; elsewhere kernels may round differently
-SAME_CPU = (FIXTURE / "cpu.txt").read_text().strip() == torch.backends.cpu.get_cpu_capability()
+# the numbers were computed on this kind of CPU; elsewhere kernels round differently (an Intel and
+# an AMD CPU of one torch capability differ in the 7th digit, which two epochs of training grow to
+# ~2e-4 in a loss). For an exact check on another CPU, regenerate the fixture there (generate.py)
+# into a copy and run these tests against it: the old code's numbers come out bit for bit.
+SAME_CPU = (FIXTURE / "cpu.txt").read_text().strip() == generate.cpu_signature()
 
 
 def same(a, b):
-    """Exactly equal where the fixture's CPU capability is this one's, else to 1e-5."""
-    return a == b if SAME_CPU else a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    """Exactly equal on the fixture's kind of CPU (capability, vendor, family); elsewhere numbers
+    to 1e-3 and everything else exactly."""
+    if SAME_CPU or isinstance(b, (bool, str)) or not isinstance(b, (int, float)):
+        return a == b
+    return a == pytest.approx(b, rel=1e-3, abs=1e-6)
 
 
 def old_run(tmp_path: Path, name: str) -> Path:

@@ -144,7 +144,7 @@ def test_group_key_comes_from_summary_not_path(tmp_path):
 
 
 def test_mixed_groups_are_refused_and_a_repeated_seed_gets_a_note(tmp_path):
-    # issue 19: runs that differ (here in epochs) are never averaged into one cell
+    # runs that differ (here in epochs) are never averaged into one cell
     write_run(tmp_path, "a", 7.0, seed=0)
     write_run(tmp_path, "b", 7.2, seed=0, epochs=80)
     with pytest.raises(report.ReportError, match=r"trainer\.epochs = 160 in \S+/a; 80 in \S+/b"):

@@ -81,7 +81,7 @@ def plot_curves(root: str | os.PathLike, out_png: str | os.PathLike,
     if "smoke" in scales:
         title = "SMOKE: miniature runs -- not comparable to the paper\n" + title
     elif "reduced" in scales:
-        title = "REDUCED REPRODUCTION: real data, shorter runs on subsets -- not the paper's recipe\n" + title
+        title = "REDUCED REPRODUCTION (real data, subsets):\nnot the paper's full recipe\n" + title
     fig.suptitle(title)
     fmt = Path(out_png).suffix.lstrip(".").lower() or "png"
     if fmt not in fig.canvas.get_supported_filetypes():
