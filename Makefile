@@ -157,7 +157,7 @@ lambda-search-smoke: smoke-data  ## the search in miniature on the CPU (MODEL=re
 	  ARGS="trainer.epochs=2 dataset.train_subset=$(SMOKE_SUBSET) trainer.progress=false $(ARGS)"
 
 # ------------------------------------------------------------------ the reduced reproduction
-# make mini: the install check on real CIFAR-10, about an hour on any 2-core x86 CPU in fp32
+# make mini: the install check on real CIFAR-10, under an hour on any 2-core x86 CPU, fp32 included
 # (configs/experiment/mini.yaml): ResNet-32, baseline vs ISDA, 3 seeds per arm, a seeded
 # 6,000-image training subset and 3,000-image test subset, 18 epochs, precision auto (bf16 only
 # where the CPU or GPU has it natively), channels_last. make mini-bf16: the earlier protocol
@@ -183,7 +183,7 @@ define reduced_reproduction  # $(1): experiment name, $(2): data sets it needs
 	  exit $$(( status || $$? )); fi
 endef
 
-mini:  ## the install check: a reduced real-CIFAR-10 reproduction, about an hour on 2 CPU cores (DRY=1: runs and expected time here)
+mini:  ## the install check: a reduced real-CIFAR-10 reproduction, 15-50 minutes on 2 CPU cores (DRY=1: runs and expected time here)
 	$(call reduced_reproduction,mini,cifar10)
 
 mini-bf16:  ## the earlier reduced protocol in bf16 (CIFAR-10 and -100) for CPUs/GPUs with native bf16

@@ -44,8 +44,11 @@ def test_dry_run_lists_the_runs_and_their_expected_time_from_measured_figures(tm
 
 @pytest.mark.slow
 def test_a_deadline_stops_the_runs_at_a_checkpoint_and_the_report_still_runs(tmp_path):
+    figures = tmp_path / "bench.json"  # the plans from figures: no timing of steps here
+    figures.write_text(json.dumps({"rows": [{"model": "resnet32", "classes": 10, "setting": setting(),
+                                             "train_img_s": 500.0, "test_img_s": 1000.0}]}))
     env = {"MINI": "1", "OUT": str(tmp_path), "SEEDS": "0", "K": "2", "DEADLINE": "20",
-           "ARGS": "trainer.epochs=200"}
+           "ARGS": "trainer.epochs=200", "THROUGHPUT": str(figures)}
     proc = script("repro_resnet32.sh", env)
     assert proc.returncode != 0 and "deadline of 20 s reached" in proc.stderr
     runs = tmp_path / "repro_resnet32"
@@ -54,10 +57,7 @@ def test_a_deadline_stops_the_runs_at_a_checkpoint_and_the_report_still_runs(tmp
         rows = (run / "metrics.jsonl").read_text().splitlines()
         assert 0 < len(rows) < 200 and (run / "last.pt").is_file() and not (run / "summary.json").exists()
     assert (runs / "curves.png").stat().st_size > 0
-    figures = tmp_path / "bench.json"  # the plan from figures: no timing of steps here
-    figures.write_text(json.dumps({"rows": [{"model": "resnet32", "classes": 10, "setting": setting(),
-                                             "train_img_s": 500.0, "test_img_s": 1000.0}]}))
-    again = script("repro_resnet32.sh", {**env, "DRY": "1", "DEADLINE": "", "THROUGHPUT": str(figures)})
+    again = script("repro_resnet32.sh", {**env, "DRY": "1", "DEADLINE": ""})
     assert again.stdout.count(" resume ") == 2  # the same command picks them up
 
 

@@ -1,6 +1,6 @@
 """Integrity: the report never mixes unlike runs, every failure is one line, a run's record never lies.
 
-One test per numbered case of the issue (each failed before the fix). Runs are tiny (32 images,
+One test per numbered case of the integrity rules (each failed before the fix). Runs are tiny (32 images,
 one epoch, one thread): in-process (the CLI's entry, cli_here, where Hydra is part of it) where
 that proves the same, a subprocess where exit codes or signals are the point.
 """

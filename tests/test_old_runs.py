@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -21,15 +22,17 @@ from isda_exp.report import aggregate, load_runs
 from isda_exp.rundir import current_targets
 from isda_exp.rundir.moved import MOVED_TARGETS
 
-FIXTURE = ROOT / "tests" / "fixtures" / "old_runs"
-_gen = importlib.util.spec_from_file_location("generate_old_runs", FIXTURE / "generate.py")
+GENERATE = ROOT / "tests" / "fixtures" / "old_runs" / "generate.py"
+# ISDA_OLD_RUNS=DIR: a fixture regenerated on this machine (generate.py DIR), for an exact check
+FIXTURE = Path(os.environ.get("ISDA_OLD_RUNS") or GENERATE.parent)
+_gen = importlib.util.spec_from_file_location("generate_old_runs", GENERATE)
 generate = importlib.util.module_from_spec(_gen)
 _gen.loader.exec_module(generate)
 COMMON, RUNS, FOLDER = generate.COMMON, generate.RUNS, generate.FOLDER
 # the numbers were computed on this kind of CPU; elsewhere kernels round differently (an Intel and
 # an AMD CPU of one torch capability differ in the 7th digit, which two epochs of training grow to
-# ~2e-4 in a loss). For an exact check on another CPU, regenerate the fixture there (generate.py)
-# into a copy and run these tests against it: the old code's numbers come out bit for bit.
+# ~2e-4 in a loss). For an exact check on another CPU, regenerate the fixture there into a folder
+# and point ISDA_OLD_RUNS at it: the old code's numbers come out bit for bit.
 SAME_CPU = (FIXTURE / "cpu.txt").read_text().strip() == generate.cpu_signature()
 
 

@@ -4,6 +4,9 @@ modules at the top of the package, no import circle, no class over 200 lines and
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,3 +189,29 @@ def test_configs_mirror_the_code_and_every_target_resolves():
             if group in GROUP_PACKAGES:
                 assert target.startswith(GROUP_PACKAGES[group] + "."), (path, target)
     assert seen >= 20
+
+
+def test_the_public_api_is_lazy_and_names_the_real_objects():
+    """`import isda_exp` loads neither torch nor Hydra (a program that only wants the loss pays for
+    torch once, when it asks for it); each front-door name is the subpackage's own object."""
+    code = """
+import sys, isda_exp
+assert not {'torch', 'hydra', 'omegaconf'} & set(sys.modules), sorted(sys.modules)
+from isda_exp import ISDALoss, isda_ratio, create_model, list_models
+import isda_exp.losses as losses, isda_exp.models as models
+assert ISDALoss is losses.ISDALoss and isda_ratio is losses.isda_ratio
+assert create_model is models.create_model and list_models is models.list_models
+assert 'resnet32' in list_models()
+try:
+    isda_exp.NoSuchThing
+except AttributeError as e:
+    assert 'NoSuchThing' in str(e)
+else:
+    raise SystemExit('no AttributeError')
+print(sorted(isda_exp.__all__))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(SRC.parent)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["['ISDALoss',", "'__version__',", "'create_model',",
+                                   "'isda_ratio',", "'list_models']"]

@@ -6,7 +6,8 @@ The front doors, loaded on first use (importing isda_exp imports neither torch n
     from isda_exp import create_model, list_models # the paper's model zoo
 
 Everything else lives in subpackages named for what they hold: losses, models, data, training,
-rundir, parallel, cli, sweeps, report, explain.
+rundir, parallel, cli, sweeps, report, explain, evaluate; `isda_exp.compat` takes the authors'
+ISDA call unchanged.
 """
 
 __version__ = "0.2.0"
