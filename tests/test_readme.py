@@ -42,3 +42,13 @@ def test_the_linked_pages_and_files_exist():
 def test_the_readme_is_short_and_names_no_machine_path_or_issue():
     assert len(README.splitlines()) <= 250
     assert not re.search(r"/work/|/tmp/[a-z]|[Ii]ssue [0-9]+", README)
+
+
+def test_the_docs_name_no_machine_path_or_issue_and_their_links_resolve():
+    pages = sorted((ROOT / "docs").rglob("*.md"))
+    assert len(pages) >= 10
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r"/work/|/tmp/[a-z]|/home/|[Ii]ssue [0-9]+", text), page.name
+        for link in set(re.findall(r"\]\(((?!https?:|mailto:)[^)#\s]+)", text)):
+            assert (page.parent / link).exists(), (page.name, link)
