@@ -10,6 +10,13 @@ import sys
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
+# what neither the README nor a docs page may hold: a machine's path or an issue number
+PRIVATE = re.compile(r"/work/|/tmp/[a-z]|/home/|[Ii]ssue [0-9]+")
+
+
+def relative_links(text: str) -> set[str]:
+    """Targets of Markdown links that are files of the repository (no URL, no #anchor)."""
+    return set(re.findall(r"\]\(((?!https?:|mailto:)[^)#\s]+)", text))
 
 
 def section(title: str) -> str:
@@ -33,7 +40,7 @@ def test_the_isda_snippet_runs_and_its_checkpoint_holds_the_statistics(tmp_path)
 
 
 def test_the_linked_pages_and_files_exist():
-    links = set(re.findall(r"\]\(((?!https?:)[^)#]+)\)", README))
+    links = relative_links(README)
     assert links, "no relative links found"
     missing = sorted(link for link in links if not (ROOT / link).exists())
     assert not missing, missing
@@ -41,7 +48,7 @@ def test_the_linked_pages_and_files_exist():
 
 def test_the_readme_is_short_and_names_no_machine_path_or_issue():
     assert len(README.splitlines()) <= 250
-    assert not re.search(r"/work/|/tmp/[a-z]|[Ii]ssue [0-9]+", README)
+    assert not PRIVATE.search(README)
 
 
 def test_the_docs_name_no_machine_path_or_issue_and_their_links_resolve():
@@ -49,6 +56,6 @@ def test_the_docs_name_no_machine_path_or_issue_and_their_links_resolve():
     assert len(pages) >= 10
     for page in pages:
         text = page.read_text()
-        assert not re.search(r"/work/|/tmp/[a-z]|/home/|[Ii]ssue [0-9]+", text), page.name
-        for link in set(re.findall(r"\]\(((?!https?:|mailto:)[^)#\s]+)", text)):
+        assert not PRIVATE.search(text), page.name
+        for link in relative_links(text):
             assert (page.parent / link).exists(), (page.name, link)

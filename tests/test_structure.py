@@ -4,6 +4,7 @@ modules at the top of the package, no import circle, no class over 200 lines and
 from __future__ import annotations
 
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -195,7 +196,7 @@ def test_the_public_api_is_lazy_and_names_the_real_objects():
     """`import isda_exp` loads neither torch nor Hydra (a program that only wants the loss pays for
     torch once, when it asks for it); each front-door name is the subpackage's own object."""
     code = """
-import sys, isda_exp
+import json, sys, isda_exp
 assert not {'torch', 'hydra', 'omegaconf'} & set(sys.modules), sorted(sys.modules)
 from isda_exp import ISDALoss, isda_ratio, create_model, list_models
 import isda_exp.losses as losses, isda_exp.models as models
@@ -208,10 +209,10 @@ except AttributeError as e:
     assert 'NoSuchThing' in str(e)
 else:
     raise SystemExit('no AttributeError')
-print(sorted(isda_exp.__all__))
+print(json.dumps(sorted(isda_exp.__all__)))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(SRC.parent)})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["['ISDALoss',", "'__version__',", "'create_model',",
-                                   "'isda_ratio',", "'list_models']"]
+    assert json.loads(proc.stdout) == ["ISDALoss", "__version__", "create_model", "isda_ratio",
+                                       "list_models"]
